@@ -1,0 +1,222 @@
+"""``make_train(config)``: one compiled training program for any learner, attack and env.
+
+The program is built from three pure, jittable pieces (all ``lax`` loops, no Python loop per
+environment step or per episode):
+
+* ``init(key) -> TrainState`` for one seed;
+* ``run_window(state, until_env_steps) -> (state, WindowMetrics)``: training iterations
+  (collect ``num_envs`` episodes, store them, one learner update once the buffers are
+  ready) until the seed has taken ``until_env_steps`` environment steps, then a greedy
+  evaluation; the metrics are the means over the window;
+* ``train(key) -> (state, WindowMetrics[W])``: ``init`` then a ``lax.scan`` over the ``W``
+  evaluation windows: the whole run in one program; ``jax.vmap(train)`` runs seeds together.
+
+The Python driver (:mod:`tram.experiments.runner`) calls ``jit(vmap(run_window))`` once per
+evaluation window instead, to show progress and checkpoint between windows; both paths
+compute the same numbers.
+
+A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init_state``,
+``store_episodes``, ``ready_to_train``, ``train_step``, ``attack_q_fn`` and
+``buffer_bytes``; its state has ``actor_params``, ``critic_params``, ``prev_actor_grad``
+and ``has_prev_grad``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tram.envs import make_env
+from tram.envs.base import TramEnv
+from tram.learners.actor import epsilon_at
+from tram.learners.rollout import AttackHook, collect_episodes, evaluate_greedy
+from tram.types import AttackStepStats
+
+ATTACK_FIELDS = ("stealth_loglik", "kl_mean", "kl_max", "beta_mean", "saturated_frac", "fallback_frac",
+                 "attacked_frac", "pmax_before", "pmax_after")
+
+
+class WindowAcc(NamedTuple):
+    """Sums over one evaluation window (one seed)."""
+
+    episodes: jax.Array
+    train_return: jax.Array
+    attack: AttackStepStats
+    attack_steps: jax.Array
+    single_steps: jax.Array
+    kl_max: jax.Array
+    updates: jax.Array
+    critic_loss: jax.Array
+    actor_loss: jax.Array
+
+
+class TrainState(NamedTuple):
+    learner: Any
+    key: jax.Array
+    env_steps: jax.Array
+    window: WindowAcc
+
+
+class WindowMetrics(NamedTuple):
+    """One evaluation (one seed): scalars. Attack columns are NaN without an attack."""
+
+    env_steps: jax.Array
+    test_return: jax.Array
+    test_won: jax.Array
+    train_return: jax.Array
+    critic_loss: jax.Array
+    actor_loss: jax.Array
+    stealth_loglik: jax.Array
+    kl_mean: jax.Array
+    kl_max: jax.Array
+    beta_mean: jax.Array
+    saturated_frac: jax.Array
+    fallback_frac: jax.Array
+    attacked_frac: jax.Array
+    pmax_before: jax.Array
+    pmax_after: jax.Array
+
+
+def _zero_window() -> WindowAcc:
+    z = jnp.float32(0.0)
+    return WindowAcc(episodes=z, train_return=z, attack=AttackStepStats(*([z] * len(AttackStepStats._fields))),
+                     attack_steps=z, single_steps=z, kl_max=z, updates=z, critic_loss=z, actor_loss=z)
+
+
+def learner_module(name: str):
+    """The module implementing learner ``name`` (``tram.learners.<name>``)."""
+    return importlib.import_module(f"tram.learners.{name}")
+
+
+def resolve_attacked_agent(agent, env: TramEnv) -> int:
+    """Resolves ``attack.agent`` (an index, or a unit type such as ``"zealot"``) to an index.
+
+    Raises:
+        ValueError: the index is out of range or no agent has that unit type (the message
+            lists the accepted values).
+    """
+    types = env.spec.agent_unit_types
+    if isinstance(agent, str) and not agent.isdigit():
+        name = agent.lower()
+        if name not in types:
+            raise ValueError(
+                f"attack.agent {agent!r}: no agent of that unit type on {env.spec.name}; accepted: an index "
+                f"0..{len(types) - 1} or one of {', '.join(sorted(set(types)))}")
+        return types.index(name)
+    idx = int(agent)
+    if not 0 <= idx < len(types):
+        raise ValueError(f"attack.agent must be in 0..{len(types) - 1} on {env.spec.name}, got {agent!r}")
+    return idx
+
+
+@dataclass(frozen=True)
+class TrainProgram:
+    """The pure pieces of one run configuration (see the module docstring)."""
+
+    env: TramEnv
+    attacked_agent: int | None
+    init: Callable
+    run_window: Callable
+    train: Callable
+    window_targets: tuple[int, ...]
+    buffer_bytes_per_seed: int
+
+
+def make_train(config) -> TrainProgram:
+    """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
+    from tram.attacks.perturb import make_perturbation
+
+    cfg = config.learner
+    env = make_env(config.env.name, **config.env.options_dict)
+    mod = learner_module(cfg.name)
+    attack_cfg = config.attack
+    attacking = attack_cfg.method != "none"
+    agent = resolve_attacked_agent(attack_cfg.agent, env) if attacking else None
+    perturb = make_perturbation(attack_cfg) if attacking else None
+    storage = jnp.float16 if getattr(cfg, "storage_dtype", "float32") == "float16" else jnp.float32
+
+    def init(key: jax.Array) -> TrainState:
+        k_init, k_run = jax.random.split(key)
+        _, ls = mod.init_state(cfg, env.spec, k_init)
+        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=_zero_window())
+
+    nets = mod.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
+
+    def iteration(state: TrainState) -> TrainState:
+        key, k_roll, k_train = jax.random.split(state.key, 3)
+        ls = state.learner
+        eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
+        hook = None
+        if attacking:
+            hook = AttackHook(perturb=perturb, agent=agent,
+                              q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
+                              prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad)
+        episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage)
+        ls = mod.store_episodes(ls, episodes)
+        zero_info = {"critic_loss": jnp.float32(0.0), "actor_loss": jnp.float32(0.0)}
+        ready = mod.ready_to_train(cfg, ls)
+        ls, info = jax.lax.cond(ready, lambda s: mod.train_step(cfg, nets, s, k_train, eps),
+                                lambda s: (s, zero_info), ls)
+        w = state.window
+        w = WindowAcc(
+            episodes=w.episodes + cfg.num_envs,
+            train_return=w.train_return + jnp.sum(rs.episode_return),
+            attack=jax.tree.map(jnp.add, w.attack, rs.attack),
+            attack_steps=w.attack_steps + rs.attack_steps,
+            single_steps=w.single_steps + rs.attack_single_action_steps,
+            kl_max=jnp.maximum(w.kl_max, rs.attack_kl_max),
+            updates=w.updates + ready.astype(jnp.float32),
+            critic_loss=w.critic_loss + info["critic_loss"],
+            actor_loss=w.actor_loss + info["actor_loss"],
+        )
+        return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
+
+    def run_window(state: TrainState, until_env_steps) -> tuple[TrainState, WindowMetrics]:
+        state = jax.lax.while_loop(lambda s: s.env_steps < until_env_steps, iteration, state)
+        key, k_eval = jax.random.split(state.key)
+        ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes)
+        w = state.window
+        nan = jnp.float32(jnp.nan)
+        steps = jnp.maximum(w.attack_steps, 1.0)
+        all_steps = jnp.maximum(w.attack_steps + w.single_steps, 1.0)
+
+        def att(v):
+            return v if attacking else nan
+
+        a = w.attack
+        metrics = WindowMetrics(
+            env_steps=state.env_steps,
+            test_return=jnp.mean(ev.episode_return),
+            test_won=jnp.mean(ev.won),
+            train_return=jnp.where(w.episodes > 0, w.train_return / jnp.maximum(w.episodes, 1.0), nan),
+            critic_loss=jnp.where(w.updates > 0, w.critic_loss / jnp.maximum(w.updates, 1.0), nan),
+            actor_loss=jnp.where(w.updates > 0, w.actor_loss / jnp.maximum(w.updates, 1.0), nan),
+            stealth_loglik=att(a.stealth_loglik / steps),
+            kl_mean=att(a.kl / steps),
+            kl_max=att(w.kl_max),
+            beta_mean=att(a.beta / steps),
+            saturated_frac=att(a.saturated / steps),
+            fallback_frac=att((a.fallback + w.single_steps) / all_steps),
+            attacked_frac=att(a.attacked / steps),
+            pmax_before=att(a.pmax_before / steps),
+            pmax_after=att(a.pmax_after / steps),
+        )
+        has_steps = w.attack_steps > 0
+        metrics = metrics._replace(**{
+            f: jnp.where(has_steps | ~attacking, getattr(metrics, f), nan)
+            for f in ("stealth_loglik", "kl_mean", "beta_mean", "saturated_frac", "attacked_frac",
+                      "pmax_before", "pmax_after")})
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window()), metrics
+
+    targets = tuple(i * config.run.eval_interval for i in range(config.run.num_windows))
+
+    def train(key: jax.Array) -> tuple[TrainState, WindowMetrics]:
+        state = init(key)
+        return jax.lax.scan(run_window, state, jnp.asarray(targets, jnp.int32))
+
+    return TrainProgram(env=env, attacked_agent=agent, init=init, run_window=run_window, train=train,
+                        window_targets=targets, buffer_bytes_per_seed=mod.buffer_bytes(cfg, env.spec))

@@ -1,0 +1,208 @@
+"""``train(config)``: run every seed of a configuration in one compiled program and write
+the run directory (``config.json``, ``metrics.csv``, ``summary.json``, checkpoints).
+
+The Python loop here runs once per evaluation window (not per step or episode): it calls
+``jit(vmap(run_window))`` (see :mod:`tram.experiments.program`), appends the window's rows
+to ``metrics.csv`` atomically, updates the progress bar, and checkpoints the whole
+training state (networks, optimisers, buffers, keys) every ``checkpoint_every_s`` seconds,
+so a killed run resumes from its last checkpoint and reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tram.config import TrainConfig
+from tram.experiments import store
+from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train
+
+METRIC_COLUMNS = ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
+                  *ATTACK_FIELDS)
+
+
+def versions() -> dict[str, str]:
+    """Versions of tram, jax, jaxlib and jaxmarl (saved with every run)."""
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("tram", "jax", "jaxlib", "jaxmarl", "flax", "optax"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "unknown"
+    return out
+
+
+def available_memory_bytes() -> int:
+    """Memory available to this process (``MemAvailable`` on Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(config: TrainConfig, program: TrainProgram, log=print) -> int:
+    """Prints the memory the run's episode buffers need and refuses to start when it will
+    not fit (instead of being killed later).
+
+    Returns the estimated bytes. Raises ``MemoryError`` naming the setting to lower.
+    """
+    seeds = len(config.run.seeds)
+    need = program.buffer_bytes_per_seed * seeds
+    # Buffers are held once by the program and once more while an update samples from them
+    # and checkpoints copy them; 2x plus 1 GiB for XLA's working set is the estimate.
+    estimate = 2 * need + (1 << 30)
+    avail = available_memory_bytes()
+    log(f"memory: episode buffers {need / 2**30:.2f} GiB for {seeds} seed(s); estimated peak "
+        f"{estimate / 2**30:.2f} GiB; available {avail / 2**30:.2f} GiB")
+    if estimate > avail:
+        raise MemoryError(
+            f"the run needs about {estimate / 2**30:.1f} GiB but {avail / 2**30:.1f} GiB is available; "
+            f"lower learner.off_buffer_size (now {getattr(config.learner, 'off_buffer_size', 'n/a')}, "
+            f"`--set learner.off_buffer_size=...`) or the number of seeds (now {seeds}), or keep "
+            f"learner.storage_dtype=float16")
+    return estimate
+
+
+def _rows(config: TrainConfig, program: TrainProgram, metrics) -> list[list[float]]:
+    """Turns one window's vmapped metrics into ``metrics.csv`` rows (one per seed)."""
+    m = jax.tree.map(np.asarray, metrics)
+    smax = program.env.spec.family == "smax"
+    rows = []
+    for i, seed in enumerate(config.run.seeds):
+        won = float(m.test_won[i])
+        row = [seed, int(m.env_steps[i]), float(m.test_return[i]),
+               won if smax else math.nan, math.nan if smax else won, float(m.train_return[i])]
+        row += [float(getattr(m, f)[i]) for f in ATTACK_FIELDS]
+        rows.append(row)
+    return rows
+
+
+def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = True,
+          checkpoint_every_s: float = 600.0, restart: bool = False, log=print) -> Path:
+    """Trains ``config`` (all seeds at once) and writes its run directory under ``out``.
+
+    A finished run is never redone; a partial one resumes from its checkpoint (or from the
+    start when it has none). Returns the run directory.
+    """
+    program = make_train(config)
+    cfg_dict = config.to_dict()
+    run_dir = Path(out) / store.run_name(cfg_dict)
+    status = store.run_status(run_dir)
+    if status == "done" and not restart:
+        log(f"{run_dir}: already finished, not redone")
+        return run_dir
+    if program.attacked_agent is not None:
+        log(f"attack: {config.attack.method} on agent {program.attacked_agent} "
+            f"({program.env.spec.agent_unit_types[program.attacked_agent]}), requested {config.attack.agent!r}")
+    check_memory(config, program, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.write_json_atomic(run_dir / "config.json", {**cfg_dict, "versions": versions(),
+                                                      "attacked_agent_index": program.attacked_agent})
+
+    init = jax.jit(jax.vmap(program.init))
+    run_window = jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in config.run.seeds])
+    template = jax.eval_shape(init, keys)
+
+    start_window, rows = 0, []
+    ckpt = None if restart else store.load_checkpoint(run_dir)
+    if ckpt is not None:
+        start_window, arrays, meta = ckpt
+        leaves, treedef = jax.tree.flatten(template)
+        if meta.get("num_leaves") != len(leaves):
+            raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
+                                        f"delete {run_dir / 'checkpoint'} or pass --restart")
+        state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"leaf_{i:05d}"]) for i in range(len(leaves))])
+        rows = [list(r) for r in meta["rows"]]
+        log(f"{run_dir}: resuming at evaluation {start_window} of {len(program.window_targets)}")
+    else:
+        if status == "partial":
+            log(f"{run_dir}: partial run without a checkpoint, restarting it from scratch")
+        state = init(keys)
+
+    t0 = time.perf_counter()
+    steps_at_start = int(np.min(np.asarray(state.env_steps))) if start_window else 0
+    last_ckpt = time.perf_counter()
+    bar = _progress(progress, len(program.window_targets), start_window, config)
+    compile_s = None
+    for w in range(start_window, len(program.window_targets)):
+        tw = time.perf_counter()
+        state, metrics = run_window(state, jnp.int32(program.window_targets[w]))
+        jax.block_until_ready(metrics)
+        if compile_s is None:
+            compile_s = time.perf_counter() - tw
+        new_rows = _rows(config, program, metrics)
+        rows.extend(new_rows)
+        store.write_csv_atomic(run_dir / "metrics.csv", METRIC_COLUMNS, rows)
+        elapsed = time.perf_counter() - t0
+        steps = int(np.min(np.asarray(metrics.env_steps)))
+        sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)
+        if bar is not None:
+            bar.update(w, steps, sps, new_rows, program.env.spec.family)
+        if time.perf_counter() - last_ckpt >= checkpoint_every_s and w + 1 < len(program.window_targets):
+            _save(run_dir, w + 1, state, rows)
+            last_ckpt = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - t0
+    final = {}
+    for r in rows[-len(config.run.seeds):]:
+        final[str(r[0])] = dict(zip(METRIC_COLUMNS[1:], r[1:]))
+    total_steps = int(np.sum(np.asarray(state.env_steps))) - steps_at_start * len(config.run.seeds)
+    store.write_json_atomic(run_dir / "summary.json", {
+        "status": "done",
+        "final": final,
+        "steps_per_second": total_steps / max(wall, 1e-9),
+        "wall_time_s": wall,
+        "first_window_s_incl_compile": compile_s,
+        "attacked_agent_index": program.attacked_agent,
+    })
+    store.remove_checkpoint(run_dir)
+    log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
+    return run_dir
+
+
+def _save(run_dir: Path, next_window: int, state, rows):
+    leaves = jax.tree.leaves(state)
+    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    store.save_checkpoint(run_dir, next_window, arrays, {"num_leaves": len(leaves), "rows": rows})
+
+
+class _Bar:
+    """Progress bar: windows done, env steps, steps/s, the latest test metric."""
+
+    def __init__(self, total, start, config):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} evals"),
+                          TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+        self.p.start()
+        self.task = self.p.add_task(f"{config.env.name} {config.learner.name} {config.attack.method}",
+                                    total=total, completed=start, info="compiling...")
+
+    def update(self, w, steps, sps, rows, family):
+        key = 3 if family == "smax" else 2
+        name = "win" if family == "smax" else "return"
+        vals = [r[key] if family == "smax" else r[2] for r in rows]
+        info = f"steps {steps:,}  {sps:,.0f} steps/s  test {name} {np.nanmean(vals):.3f}"
+        self.p.update(self.task, completed=w + 1, info=info)
+
+    def close(self):
+        self.p.stop()
+
+
+def _progress(enabled, total, start, config):
+    return _Bar(total, start, config) if enabled else None

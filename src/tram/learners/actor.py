@@ -1,0 +1,141 @@
+"""The shared recurrent actor of DOP and COMA, and the policy the learners act with.
+
+Follows the reference code (TonghanWang/DOP ``modules/agents/rnn_agent.py``,
+``controllers/basic_controller.py``; oxwhirl/pymarl is identical):
+
+* one network shared by all agents: ``Linear(I, 64) -> ReLU -> GRUCell(64) -> Linear(64, A)``;
+* input ``[obs_i, one-hot last action (zeros at t=0), one-hot agent id]`` (id last);
+* initial hidden state zeros;
+* PyTorch's default initialisation (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for Linear
+  weights and biases, ``U(-1/sqrt(H), 1/sqrt(H))`` for every GRU weight and bias). This also
+  keeps QR (orthogonal init) out of seed-vmapped programs, which deadlocks batched LAPACK
+  on this CPU with jaxlib 0.10 (``shared/spec/jax-cpu.md``).
+
+The GRU is written out with PyTorch's gate equations (two fused matmuls, both with
+biases) rather than ``flax.linen.GRUCell``, whose bias layout differs from PyTorch's.
+
+Shape letters: ``N`` agents, ``A`` actions, ``D`` observation features, ``I`` actor input
+features, ``H`` hidden units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def torch_uniform_init(fan_in: int):
+    """Initializer ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's ``nn.Linear`` default."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class TorchDense(nn.Module):
+    """``nn.Dense`` with PyTorch's default initialisation for weight and bias."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        init = torch_uniform_init(fan_in)
+        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=init, bias_init=init)(x)
+
+
+class TorchGRUCell(nn.Module):
+    """PyTorch ``nn.GRUCell`` equations and initialisation.
+
+    ``r = s(W_ir x + b_ir + W_hr h + b_hr)``, ``z = s(W_iz x + b_iz + W_hz h + b_hz)``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
+    """
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
+        init = torch_uniform_init(self.hidden)
+        gi = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="input")(x)
+        gh = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="hidden")(h)
+        i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+        r = jax.nn.sigmoid(i_r + h_r)
+        z = jax.nn.sigmoid(i_z + h_z)
+        n = jnp.tanh(i_n + r * h_n)
+        return (1.0 - z) * n + z * h
+
+
+class RNNActor(nn.Module):
+    """``(h [..., H], x [..., I]) -> (logits [..., A], h' [..., H])``."""
+
+    num_actions: int
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        y = nn.relu(TorchDense(self.hidden, name="fc1")(x))
+        h_new = TorchGRUCell(self.hidden, name="rnn")(y, h)
+        logits = TorchDense(self.num_actions, name="fc2")(h_new)
+        return logits, h_new
+
+
+def actor_inputs(obs: jax.Array, last_actions: jax.Array, num_actions: int) -> jax.Array:
+    """Builds the actor input ``[obs_i, onehot(last action), onehot(i)]``.
+
+    Args:
+        obs: ``[..., N, D]`` observations.
+        last_actions: ``[..., N]`` int previous actions; pass ``-1`` for "none" (t = 0),
+            which gives an all-zero one-hot.
+        num_actions: ``A``.
+
+    Returns:
+        ``[..., N, D + A + N]`` float32.
+    """
+    n = obs.shape[-2]
+    last = jax.nn.one_hot(last_actions, num_actions, dtype=jnp.float32)  # -1 -> zeros
+    ids = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), obs.shape[:-2] + (n, n))
+    return jnp.concatenate([obs.astype(jnp.float32), last, ids], axis=-1)
+
+
+def floored_policy(logits: jax.Array, avail: jax.Array, epsilon: jax.Array) -> jax.Array:
+    """The training-mode policy of the reference controller (``mask_before_softmax: False``).
+
+    ``p = (1 - eps) * softmax(logits) + eps / A`` over ALL ``A`` actions, then unavailable
+    actions are zeroed and the rest renormalised (as the action selector and the learner
+    both do). With ``eps = 0`` this is the softmax restricted to available actions.
+
+    Args:
+        logits: ``[..., A]``; avail: ``[..., A]`` bool; epsilon: scalar or broadcastable.
+
+    Returns:
+        ``[..., A]`` probabilities, exactly 0 on unavailable actions.
+    """
+    num_actions = logits.shape[-1]
+    p = (1.0 - epsilon) * jax.nn.softmax(logits, axis=-1) + epsilon / num_actions
+    p = jnp.where(avail, p, 0.0)
+    return p / jnp.sum(p, axis=-1, keepdims=True)
+
+
+def greedy_actions(logits: jax.Array, avail: jax.Array) -> jax.Array:
+    """Test-mode actions: argmax of the policy over available actions. ``[..., A] -> [...]``."""
+    return jnp.argmax(jnp.where(avail, logits, -jnp.inf), axis=-1).astype(jnp.int32)
+
+
+def sample_actions(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """Samples one action per row of ``probs [..., A]`` (zero rows never chosen). ``-> [...]``."""
+    logp = jnp.where(probs > 0, jnp.log(jnp.maximum(probs, 1e-38)), -jnp.inf)
+    return jax.random.categorical(key, logp, axis=-1).astype(jnp.int32)
+
+
+def epsilon_at(t_env: jax.Array, start: float, finish: float, anneal_steps: int) -> jax.Array:
+    """Linear schedule of the reference (``epsilon_schedules.py``): ``start -> finish`` over
+    ``anneal_steps`` env steps, then constant. Returns a float32 scalar."""
+    frac = jnp.clip(t_env.astype(jnp.float32) / max(anneal_steps, 1), 0.0, 1.0)
+    return jnp.float32(start) + frac * (jnp.float32(finish) - jnp.float32(start))

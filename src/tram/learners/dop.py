@@ -1,0 +1,434 @@
+"""DOP (stochastic, "offpg"): Wang et al., ICLR 2021, as implemented in the reference code
+TonghanWang/DOP (``learners/offpg_learner.py``, ``modules/critics/offpg.py``,
+``modules/mixers/qmix.py``, ``run.py``, ``config/algs/offpg_smac.yaml``), the learner the
+TRAM paper attacks (App. A gives its hyper-parameters).
+
+Follows the reference in:
+
+* actor: the shared GRU actor of :mod:`tram.learners.actor`, epsilon-floored policy
+  (the floor is also inside the actor loss, ``test_mode=False`` in the reference);
+* critic: shared ``Q_i(s, o_i, .)`` from ``[state, obs_i, agent id]``, MLP 256-256 with a
+  value head and an advantage head, ``Q = A + V`` (no mean subtraction);
+* mixer: the linear, normalised mixer with NO bias:
+  ``k_i(s) = sum_e |W1(s)|[i, e] |Wf(s)|[e]``, normalised over agents, and
+  ``Q_tot = sum_i k_i(s) Q_i`` (the reference builds ``hyper_b_1`` and ``V(s)`` but never
+  uses them in the forward pass; tram does not create them);
+* critic batch: 16 episodes sampled uniformly from the on-policy buffer (32) with
+  TD(lambda) targets (lambda 0.8) and 32 from the off-policy buffer (5000) with
+  tree-backup targets (lambda 0.93, n = 5, trace = product over agents of the current
+  floored policy's probabilities, no importance ratio), all on the TARGET critic and
+  mixer, computed once before any update;
+* one critic optimiser step per timestep, forward in time, skipping timesteps with no
+  valid entry, loss ``sum(mask (Q_tot - y)^2) / sum(mask)``, gradient norm clipped at 20
+  over critic and mixer together; the target is hard-copied once 600 or more such steps
+  have passed since the last copy (checked once per critic training call);
+* critic before actor; the actor trains on the 16 NEWEST episodes with the current critic
+  (not the target), ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` (detached) weighted by
+  ``k_i(s)``, ``loss = -sum(mask k A log pi(a_i)) / sum(mask)`` with the mask repeated per
+  agent;
+* RMSprop(alpha 0.99, eps 1e-5 outside the square root as in PyTorch), actor lr 5e-4,
+  critic lr 1e-4, 4 parallel environments, one training iteration per 4 new episodes once
+  the buffers hold 16 and 32 episodes.
+
+Departs from the reference in:
+
+* epsilon schedule 1.0 -> 0.05 over 500k steps (the TRAM paper's App. A; the reference's
+  ``offpg_smac.yaml`` starts at 0.5);
+* observations and states may be stored as float16 in the buffers (``storage_dtype``,
+  default float16) to fit the off-policy buffer in memory on large maps;
+* per-timestep critic steps run over the batch's longest episode only (as the
+  reference's truncation to ``max_t_filled`` does), but the target forward passes and the
+  actor's recurrent pass run over the padded episode limit, whose extra steps are masked;
+* the actor gradient of the last update (before clipping, ascent direction) is kept in
+  the state for the J-based attack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from tram.learners.actor import RNNActor, TorchDense, actor_inputs, floored_policy, epsilon_at
+from tram.learners.episodes import (
+    EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_latest, buffer_sample_uniform,
+    empty_episodes, episodes_nbytes, loss_mask, truncate_length,
+)
+from tram.learners.targets import td_lambda_targets, tree_backup_targets
+
+
+@dataclass(frozen=True)
+class DOPConfig:
+    """DOP hyper-parameters (defaults: TRAM App. A, then the reference's offpg_smac.yaml)."""
+
+    name: str = "dop"
+    num_envs: int = 4
+    """Parallel environments per seed (batch_size_run)."""
+    buffer_size: int = 32
+    """On-policy buffer capacity (episodes)."""
+    batch_size: int = 16
+    """On-policy episodes per critic batch, and newest episodes per actor batch."""
+    off_buffer_size: int = 5000
+    """Off-policy buffer capacity (episodes)."""
+    off_batch_size: int = 32
+    """Off-policy episodes per critic batch."""
+    gamma: float = 0.99
+    td_lambda: float = 0.8
+    tb_lambda: float = 0.93
+    tb_steps: int = 5
+    """Tree-backup horizon n."""
+    actor_lr: float = 5e-4
+    critic_lr: float = 1e-4
+    rms_alpha: float = 0.99
+    rms_eps: float = 1e-5
+    grad_clip: float = 20.0
+    target_update_interval: int = 600
+    """Critic steps (one per timestep) between hard target copies."""
+    epsilon_start: float = 1.0
+    epsilon_finish: float = 0.05
+    epsilon_anneal_steps: int = 500_000
+    rnn_hidden: int = 64
+    critic_hidden: int = 256
+    mixing_embed: int = 32
+    storage_dtype: str = "float16"
+    """dtype of stored observations and states: float16 or float32."""
+
+    def __post_init__(self):
+        _check_common(self)
+        for f in ("off_buffer_size", "off_batch_size", "tb_steps", "critic_hidden", "mixing_embed"):
+            _positive_int(self, f)
+        if self.off_batch_size > self.off_buffer_size:
+            raise ValueError(
+                f"learner.off_batch_size ({self.off_batch_size}) must be <= learner.off_buffer_size "
+                f"({self.off_buffer_size})")
+        _unit_interval(self, "tb_lambda")
+
+
+def _positive_int(cfg, field: str):
+    v = getattr(cfg, field)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"learner.{field} must be an integer >= 1, got {v!r}")
+
+
+def _unit_interval(cfg, field: str):
+    v = getattr(cfg, field)
+    if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+        raise ValueError(f"learner.{field} must be in [0, 1], got {v!r}")
+
+
+def _check_common(cfg):
+    """Checks shared by the actor-critic learners' configs (DOP, COMA)."""
+    for f in ("num_envs", "buffer_size", "batch_size", "target_update_interval", "rnn_hidden",
+              "epsilon_anneal_steps"):
+        _positive_int(cfg, f)
+    for f in ("gamma", "td_lambda", "rms_alpha", "epsilon_start", "epsilon_finish"):
+        _unit_interval(cfg, f)
+    for f in ("actor_lr", "critic_lr", "rms_eps", "grad_clip"):
+        v = getattr(cfg, f)
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ValueError(f"learner.{f} must be a number > 0, got {v!r}")
+    if cfg.batch_size > cfg.buffer_size:
+        raise ValueError(
+            f"learner.batch_size ({cfg.batch_size}) must be <= learner.buffer_size ({cfg.buffer_size})")
+    if cfg.storage_dtype not in ("float16", "float32"):
+        raise ValueError(f"learner.storage_dtype must be one of float16, float32; got {cfg.storage_dtype!r}")
+
+
+def rmsprop(lr: float, cfg) -> optax.GradientTransformation:
+    """PyTorch's RMSprop (eps outside the sqrt, no momentum) after global-norm clipping."""
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.grad_clip),
+        optax.rmsprop(lr, decay=cfg.rms_alpha, eps=cfg.rms_eps, eps_in_sqrt=False),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Networks
+# ----------------------------------------------------------------------------------------
+class DOPCritic(nn.Module):
+    """``[..., S + D + N] -> Q [..., A]``: MLP 256-256, ``Q = A + V`` (reference offpg.py)."""
+
+    num_actions: int
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(TorchDense(self.hidden, name="fc1")(x))
+        x = nn.relu(TorchDense(self.hidden, name="fc2")(x))
+        v = TorchDense(1, name="fc_v")(x)
+        adv = TorchDense(self.num_actions, name="fc3")(x)
+        return adv + v
+
+
+class DOPMixer(nn.Module):
+    """The normalised linear mixer of the reference (``qmix.py``'s ``k`` and ``forward``).
+
+    ``__call__(state [..., S]) -> k [..., N]``, ``k >= 0`` summing to 1 over agents.
+    """
+
+    num_agents: int
+    embed: int = 32
+
+    @nn.compact
+    def __call__(self, state: jax.Array) -> jax.Array:
+        w1 = jnp.abs(TorchDense(self.embed * self.num_agents, name="hyper_w_1")(state))
+        wf = jnp.abs(TorchDense(self.embed, name="hyper_w_final")(state))
+        w1 = w1.reshape(state.shape[:-1] + (self.num_agents, self.embed))
+        k = jnp.einsum("...ne,...e->...n", w1, wf)
+        return k / jnp.sum(k, axis=-1, keepdims=True)
+
+
+def critic_inputs(state: jax.Array, obs: jax.Array) -> jax.Array:
+    """``[state, obs_i, onehot(i)]`` per agent. ``state [..., S]``, ``obs [..., N, D]`` ->
+    ``[..., N, S + D + N]`` float32."""
+    n = obs.shape[-2]
+    st = jnp.broadcast_to(state[..., None, :], obs.shape[:-1] + state.shape[-1:]).astype(jnp.float32)
+    ids = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), obs.shape[:-2] + (n, n))
+    return jnp.concatenate([st, obs.astype(jnp.float32), ids], axis=-1)
+
+
+class DOPNets(NamedTuple):
+    actor: RNNActor
+    critic: DOPCritic
+    mixer: DOPMixer
+
+
+def make_nets(cfg: DOPConfig, num_agents: int, num_actions: int) -> DOPNets:
+    return DOPNets(
+        actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
+        critic=DOPCritic(num_actions=num_actions, hidden=cfg.critic_hidden),
+        mixer=DOPMixer(num_agents=num_agents, embed=cfg.mixing_embed),
+    )
+
+
+def q_values(nets: DOPNets, critic_params, state: jax.Array, obs: jax.Array) -> jax.Array:
+    """``Q_i(s, o_i, .)``: ``state [..., S]``, ``obs [..., N, D]`` -> ``[..., N, A]``."""
+    return nets.critic.apply(critic_params["critic"], critic_inputs(state, obs))
+
+
+def mix(nets: DOPNets, critic_params, agent_q: jax.Array, state: jax.Array) -> jax.Array:
+    """``Q_tot = sum_i k_i(s) Q_i``: ``agent_q [..., N]``, ``state [..., S]`` -> ``[...]``."""
+    k = nets.mixer.apply(critic_params["mixer"], state)
+    return jnp.sum(k * agent_q, axis=-1)
+
+
+def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsilon) -> jax.Array:
+    """The floored policy at every slot of every episode (GRU from zeros at t = 0).
+
+    Returns ``[E, T+1, N, A]`` probabilities (0 on unavailable actions).
+    """
+    e, t1, n = episodes.actions.shape
+    last = jnp.concatenate([jnp.full((e, 1, n), -1, jnp.int32), episodes.actions[:, :-1]], axis=1)
+    x = actor_inputs(episodes.obs, last, actor.num_actions)  # [E, T+1, N, I]
+
+    def step(h, x_t):
+        logits, h = actor.apply(actor_params, h, x_t)
+        return h, logits
+
+    h0 = jnp.zeros((e, n, actor.hidden), jnp.float32)
+    _, logits = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
+    logits = jnp.swapaxes(logits, 0, 1)
+    return floored_policy(logits, episodes.avail, epsilon)
+
+
+def take(q: jax.Array, actions: jax.Array) -> jax.Array:
+    """``q [..., A]`` at ``actions [...]`` -> ``[...]``."""
+    return jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
+
+
+# ----------------------------------------------------------------------------------------
+# Critic
+# ----------------------------------------------------------------------------------------
+def on_policy_targets(nets: DOPNets, target_params, ep: Episodes, cfg: DOPConfig) -> jax.Array:
+    """TD(lambda) targets on the target ``Q_tot`` at the taken actions. ``-> [E, T]``."""
+    qt = mix(nets, target_params, take(q_values(nets, target_params, ep.state, ep.obs), ep.actions), ep.state)
+    mask = loss_mask(ep.filled, ep.terminated)
+    return jax.vmap(td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
+        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, cfg.gamma, cfg.td_lambda)
+
+
+def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes, epsilon,
+                       cfg: DOPConfig) -> jax.Array:
+    """Tree-backup targets (reference ``train_critic_best``). ``-> [E, T]``."""
+    pi = policy_over_episodes(nets.actor, actor_params, ep, epsilon)  # [E, T+1, N, A]
+    c = jnp.prod(take(pi, ep.actions), axis=-1)  # [E, T+1]
+    q = q_values(nets, target_params, ep.state, ep.obs)  # [E, T+1, N, A]
+    qt = mix(nets, target_params, take(q, ep.actions), ep.state)
+    expected = mix(nets, target_params, jnp.sum(pi * q, axis=-1), ep.state)
+    mask = loss_mask(ep.filled, ep.terminated)
+    return jax.vmap(tree_backup_targets, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))(
+        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, expected, c,
+        cfg.gamma, cfg.tb_lambda, cfg.tb_steps)
+
+
+def critic_loss_at(nets: DOPNets, critic_params, state_t, obs_t, actions_t, y_t, mask_t):
+    """``sum(mask (Q_tot - y)^2) / sum(mask)`` at one timestep of ``E`` episodes.
+
+    ``state_t [E, S]``, ``obs_t [E, N, D]``, ``actions_t [E, N]``, ``y_t, mask_t [E]``.
+    """
+    q_tot = mix(nets, critic_params, take(q_values(nets, critic_params, state_t, obs_t), actions_t), state_t)
+    err = (q_tot - y_t) * mask_t
+    return jnp.sum(err ** 2) / jnp.maximum(jnp.sum(mask_t), 1.0)
+
+
+def train_critic_per_timestep(nets: DOPNets, critic_params, opt_state, ep: Episodes, targets, mask,
+                              num_steps, optimiser):
+    """One optimiser step per timestep ``t < num_steps`` in increasing order, skipping
+    timesteps whose mask is all zero (reference ``train_critic``).
+
+    Returns ``(critic_params, opt_state, steps_taken, mean_loss)``.
+    """
+    grad_fn = jax.value_and_grad(critic_loss_at, argnums=1)
+
+    def body(t, carry):
+        params, opt, steps, loss_sum = carry
+        sl = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False)
+        mask_t = sl(mask)
+        valid = jnp.sum(mask_t) >= 0.5
+        loss, grads = grad_fn(nets, params, sl(ep.state), sl(ep.obs), sl(ep.actions), sl(targets), mask_t)
+        updates, new_opt = optimiser.update(grads, opt, params)
+        new_params = optax.apply_updates(params, updates)
+        params = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_params, params)
+        opt = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_opt, opt)
+        return params, opt, steps + valid.astype(jnp.int32), loss_sum + jnp.where(valid, loss, 0.0)
+
+    params, opt, steps, loss_sum = jax.lax.fori_loop(
+        0, num_steps, body, (critic_params, opt_state, jnp.int32(0), jnp.float32(0.0)))
+    return params, opt, steps, loss_sum / jnp.maximum(steps, 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Actor
+# ----------------------------------------------------------------------------------------
+def actor_loss(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon) -> jax.Array:
+    """DOP's policy-gradient loss on ``E`` episodes (reference ``OffPGLearner.train``).
+
+    ``loss = -sum_{b,t,i} mask k_i(s_t) A_i log pi_i(a_i) / sum_{b,t,i} mask`` with
+    ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` from the current critic, detached.
+    """
+    pi = policy_over_episodes(nets.actor, actor_params, ep, epsilon)[:, :-1]  # [E, T, N, A]
+    q = jax.lax.stop_gradient(q_values(nets, critic_params, ep.state[:, :-1], ep.obs[:, :-1]))
+    k = jax.lax.stop_gradient(nets.mixer.apply(critic_params["mixer"], ep.state[:, :-1]))  # [E, T, N]
+    actions = ep.actions[:, :-1]
+    mask = jnp.broadcast_to(loss_mask(ep.filled, ep.terminated)[..., None], actions.shape)
+    baseline = jax.lax.stop_gradient(jnp.sum(pi * q, axis=-1))
+    adv = jax.lax.stop_gradient(take(q, actions) - baseline)
+    pi_taken = jnp.where(mask > 0, take(pi, actions), 1.0)
+    return -jnp.sum(k * adv * jnp.log(pi_taken) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# State and one training iteration
+# ----------------------------------------------------------------------------------------
+class DOPState(NamedTuple):
+    """Everything a DOP run carries between iterations (one seed)."""
+
+    actor_params: Any
+    critic_params: Any  # {"critic": ..., "mixer": ...}
+    target_params: Any
+    actor_opt: Any
+    critic_opt: Any
+    on_buffer: EpisodeBuffer
+    off_buffer: EpisodeBuffer
+    critic_steps: jax.Array
+    last_target_update: jax.Array
+    prev_actor_grad: Any
+    has_prev_grad: jax.Array
+
+
+def buffer_bytes(cfg: DOPConfig, spec) -> int:
+    """Bytes the two episode buffers of one seed take."""
+    dt = jnp.float16 if cfg.storage_dtype == "float16" else jnp.float32
+    return episodes_nbytes(cfg.buffer_size + cfg.off_buffer_size, spec.episode_limit, spec.num_agents,
+                           spec.obs_dim, spec.state_dim, spec.num_actions, dt)
+
+
+def init_state(cfg: DOPConfig, spec, key) -> tuple[DOPNets, DOPState]:
+    """Fresh networks, optimisers and empty buffers for one seed."""
+    nets = make_nets(cfg, spec.num_agents, spec.num_actions)
+    k_a, k_c, k_m = jax.random.split(key, 3)
+    n, a = spec.num_agents, spec.num_actions
+    actor_params = nets.actor.init(
+        k_a, jnp.zeros((1, cfg.rnn_hidden)), jnp.zeros((1, spec.obs_dim + a + n)))
+    critic_params = {
+        "critic": nets.critic.init(k_c, jnp.zeros((1, spec.state_dim + spec.obs_dim + n))),
+        "mixer": nets.mixer.init(k_m, jnp.zeros((1, spec.state_dim))),
+    }
+    dt = jnp.float16 if cfg.storage_dtype == "float16" else jnp.float32
+    mk = lambda size: buffer_init(empty_episodes(
+        size, spec.episode_limit, n, spec.obs_dim, spec.state_dim, a, dt))
+    state = DOPState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_params=critic_params,
+        actor_opt=rmsprop(cfg.actor_lr, cfg).init(actor_params),
+        critic_opt=rmsprop(cfg.critic_lr, cfg).init(critic_params),
+        on_buffer=mk(cfg.buffer_size),
+        off_buffer=mk(cfg.off_buffer_size),
+        critic_steps=jnp.int32(0),
+        last_target_update=jnp.int32(0),
+        prev_actor_grad=jax.tree.map(jnp.zeros_like, actor_params),
+        has_prev_grad=jnp.bool_(False),
+    )
+    return nets, state
+
+
+def attack_q_fn(nets: DOPNets, critic_params, agent: int):
+    """The attacker's white-box view of DOP for agent ``k``: ``Q_k(s, o_k, .)`` and ``k_k(s)``."""
+
+    def q_fn(state, obs, clean_actions, last_actions):
+        del clean_actions, last_actions  # DOP's critic does not condition on actions
+        q = q_values(nets, critic_params, state, obs)[agent]
+        k = nets.mixer.apply(critic_params["mixer"], state)[agent]
+        return q, k
+
+    return q_fn
+
+
+def store_episodes(state: DOPState, episodes: Episodes) -> DOPState:
+    """Every episode goes into both buffers (reference ``run.py``)."""
+    return state._replace(on_buffer=buffer_add(state.on_buffer, episodes),
+                          off_buffer=buffer_add(state.off_buffer, episodes))
+
+
+def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
+    return (state.on_buffer.count >= cfg.batch_size) & (state.off_buffer.count >= cfg.off_batch_size)
+
+
+def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> tuple[DOPState, dict]:
+    """One DOP training iteration: critic (on 16 + 32 sampled episodes), then actor (on the
+    16 newest). Returns the new state and ``{"critic_loss", "actor_loss"}``."""
+    k_on, k_off = jax.random.split(key)
+    on = buffer_sample_uniform(k_on, state.on_buffer, cfg.batch_size).as_float32()
+    off = buffer_sample_uniform(k_off, state.off_buffer, cfg.off_batch_size).as_float32()
+    num_steps = jnp.maximum(truncate_length(on), truncate_length(off))
+
+    y_on = on_policy_targets(nets, state.target_params, on, cfg)
+    y_off = off_policy_targets(nets, state.target_params, state.actor_params, off, epsilon, cfg)
+    batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), on, off)
+    targets = jnp.concatenate([y_on, y_off], axis=0)
+    mask = loss_mask(batch.filled, batch.terminated)
+    critic_params, critic_opt, steps, critic_loss = train_critic_per_timestep(
+        nets, state.critic_params, state.critic_opt, batch, targets, mask, num_steps,
+        rmsprop(cfg.critic_lr, cfg))
+    critic_steps = state.critic_steps + steps
+    do_copy = (critic_steps - state.last_target_update) >= cfg.target_update_interval
+    target_params = jax.tree.map(lambda c, t: jnp.where(do_copy, c, t), critic_params, state.target_params)
+    last_update = jnp.where(do_copy, critic_steps, state.last_target_update)
+
+    latest = buffer_latest(state.on_buffer, cfg.batch_size).as_float32()
+    a_loss, grads = jax.value_and_grad(actor_loss)(state.actor_params, nets, critic_params, latest, epsilon)
+    updates, actor_opt = rmsprop(cfg.actor_lr, cfg).update(grads, state.actor_opt, state.actor_params)
+    actor_params = optax.apply_updates(state.actor_params, updates)
+
+    new_state = state._replace(
+        actor_params=actor_params, critic_params=critic_params, target_params=target_params,
+        actor_opt=actor_opt, critic_opt=critic_opt, critic_steps=critic_steps,
+        last_target_update=last_update,
+        prev_actor_grad=jax.tree.map(jnp.negative, grads), has_prev_grad=jnp.bool_(True),
+    )
+    return new_state, {"critic_loss": critic_loss, "actor_loss": a_loss}

@@ -1,0 +1,143 @@
+"""Episode storage shared by the on-policy learners: a batch of padded episodes and a ring
+buffer of them, as PyMARL's ``EpisodeBatch`` / ``ReplayBuffer`` hold them.
+
+Layout (batch-major, ``E`` episodes, ``T`` the episode limit, ``T + 1`` slots): slot ``t``
+holds what the agents saw at step ``t`` (obs, state, avail), the action taken, the reward
+and ``terminated`` flag of that step; slot ``ep_len`` holds the post-episode obs, state
+and avail for bootstrapping only. ``filled[t] = t < ep_len``. Losses use slots
+``[:T]`` and the mask ``filled`` with ``mask[1:] *= 1 - terminated[:-1]``.
+
+Storage departs from the reference in one way, to fit large buffers in memory:
+observations and states may be stored as float16 (``storage_dtype``); they are cast back
+to float32 when sampled. SMAX and grid features are scaled to about [-1, 1], where float16
+keeps 3 significant digits.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Episodes(NamedTuple):
+    """A batch of padded episodes.
+
+    Attributes:
+        obs: ``[E, T+1, N, D]`` observations (storage dtype).
+        state: ``[E, T+1, S]`` global states (storage dtype).
+        avail: ``[E, T+1, N, A]`` bool available actions.
+        actions: ``[E, T+1, N]`` int32 actions taken (0 in unused slots).
+        reward: ``[E, T+1]`` float32 team reward of step t (0 in unused slots).
+        terminated: ``[E, T+1]`` bool, step t ended the episode for a reason other than the
+            time limit.
+        filled: ``[E, T+1]`` bool, ``t < ep_len``.
+    """
+
+    obs: jax.Array
+    state: jax.Array
+    avail: jax.Array
+    actions: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    filled: jax.Array
+
+    @property
+    def lengths(self) -> jax.Array:
+        """``[E]`` int32 episode lengths."""
+        return jnp.sum(self.filled, axis=-1).astype(jnp.int32)
+
+    def as_float32(self) -> "Episodes":
+        """The same episodes with observations and states cast to float32."""
+        return self._replace(obs=self.obs.astype(jnp.float32), state=self.state.astype(jnp.float32))
+
+
+def empty_episodes(num: int, limit: int, num_agents: int, obs_dim: int, state_dim: int,
+                   num_actions: int, storage_dtype=jnp.float32) -> Episodes:
+    """All-zero ``Episodes`` of ``num`` episodes with ``limit + 1`` slots."""
+    t1 = limit + 1
+    return Episodes(
+        obs=jnp.zeros((num, t1, num_agents, obs_dim), storage_dtype),
+        state=jnp.zeros((num, t1, state_dim), storage_dtype),
+        avail=jnp.zeros((num, t1, num_agents, num_actions), bool),
+        actions=jnp.zeros((num, t1, num_agents), jnp.int32),
+        reward=jnp.zeros((num, t1), jnp.float32),
+        terminated=jnp.zeros((num, t1), bool),
+        filled=jnp.zeros((num, t1), bool),
+    )
+
+
+def episodes_nbytes(num: int, limit: int, num_agents: int, obs_dim: int, state_dim: int,
+                    num_actions: int, storage_dtype=jnp.float32) -> int:
+    """Bytes that ``empty_episodes`` with these sizes occupies (for memory checks)."""
+    t1 = limit + 1
+    item = jnp.dtype(storage_dtype).itemsize
+    per_slot = (num_agents * obs_dim + state_dim) * item + num_agents * num_actions + num_agents * 4 + 4 + 2
+    return int(num) * t1 * per_slot
+
+
+def loss_mask(filled: jax.Array, terminated: jax.Array) -> jax.Array:
+    """PyMARL's mask over the first ``T`` slots: ``filled[:T]`` with
+    ``mask[1:] *= 1 - terminated[:T-1]``. ``[..., T+1] -> [..., T]`` float32."""
+    f = filled[..., :-1].astype(jnp.float32)
+    term = terminated[..., :-1].astype(jnp.float32)
+    return f.at[..., 1:].multiply(1.0 - term[..., :-1])
+
+
+class EpisodeBuffer(NamedTuple):
+    """A ring buffer of episodes.
+
+    Attributes:
+        data: ``Episodes`` with ``E = capacity``.
+        pos: ``[]`` int32, the slot the next episode goes to.
+        count: ``[]`` int32, how many slots hold an episode (``<= capacity``).
+    """
+
+    data: Episodes
+    pos: jax.Array
+    count: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return self.data.filled.shape[0]
+
+
+def buffer_init(data: Episodes) -> EpisodeBuffer:
+    """An empty buffer whose storage is ``data`` (see :func:`empty_episodes`)."""
+    return EpisodeBuffer(data=data, pos=jnp.int32(0), count=jnp.int32(0))
+
+
+def buffer_add(buf: EpisodeBuffer, episodes: Episodes) -> EpisodeBuffer:
+    """Inserts ``episodes`` (``E = B``), overwriting the oldest when full."""
+    b = episodes.filled.shape[0]
+    idx = (buf.pos + jnp.arange(b)) % buf.capacity
+    data = jax.tree.map(lambda store, new: store.at[idx].set(new.astype(store.dtype)), buf.data, episodes)
+    return EpisodeBuffer(
+        data=data,
+        pos=(buf.pos + b) % buf.capacity,
+        count=jnp.minimum(buf.count + b, buf.capacity),
+    )
+
+
+def buffer_sample_uniform(key: jax.Array, buf: EpisodeBuffer, n: int) -> Episodes:
+    """``n`` distinct stored episodes chosen uniformly (PyMARL ``uni_sample``).
+
+    Requires ``buf.count >= n`` (the caller guarantees it). Returns ``Episodes`` with
+    ``E = n`` in the storage dtype.
+    """
+    scores = jax.random.uniform(key, (buf.capacity,))
+    scores = jnp.where(jnp.arange(buf.capacity) < buf.count, scores, -1.0)
+    _, idx = jax.lax.top_k(scores, n)
+    return jax.tree.map(lambda x: x[idx], buf.data)
+
+
+def buffer_latest(buf: EpisodeBuffer, n: int) -> Episodes:
+    """The ``n`` most recently inserted episodes (PyMARL ``sample_latest``), newest last."""
+    idx = (buf.pos - n + jnp.arange(n)) % buf.capacity
+    return jax.tree.map(lambda x: x[idx], buf.data)
+
+
+def truncate_length(episodes: Episodes) -> jax.Array:
+    """``[]`` int32: the largest episode length in the batch (``max_t_filled``)."""
+    return jnp.max(episodes.lengths)

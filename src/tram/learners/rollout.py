@@ -1,0 +1,252 @@
+"""Collecting episodes with the shared recurrent actor, with an optional policy perturbation
+of one agent (the hook TRAM's attacks plug into), and greedy evaluation.
+
+Like PyMARL's parallel runner, ``B`` environments start together and run until every one
+of them has ended; the loop is a ``lax.while_loop`` that stops at the longest episode, so
+no step is computed past it. Finished environments are masked, not reset.
+
+The acting step, per environment and step ``t``:
+
+1. actor forward for all agents: ``logits [B, N, A]``;
+2. ``clean = sample(key_act, floored_policy(logits))``;
+3. with an attack: the poisoned agent's logits are replaced by
+   ``perturb(key_attack, ctx)``, where ``ctx`` (``tram.types.ActingContext``) holds its
+   logits, available actions, the critic's per-action values (from the learner's
+   ``q_fn``, which may read the teammates' clean actions), the actor parameters and
+   inputs and the previous actor gradient; then ``actions = sample(key_act, ...)`` with
+   the SAME key, so the teammates' actions are the clean ones and an identity
+   perturbation reproduces the clean run exactly;
+4. the learner's epsilon floor is applied after the perturbation (the attack replaces the
+   softmax part only), and the learner later trains on the executed actions with its own
+   policy, unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tram.envs.base import TramEnv
+from tram.learners.actor import RNNActor, actor_inputs, floored_policy, greedy_actions, sample_actions
+from tram.learners.episodes import Episodes, empty_episodes
+from tram.types import ActingContext, AttackStepStats, PolicyPerturbation
+
+# q_fn(state [S], obs [N, D], clean_actions [N], last_actions [N]) -> (q [A], mix_weight [])
+AttackQFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class AttackHook(NamedTuple):
+    """What the rollout needs to perturb one agent's sampling (built inside the learner)."""
+
+    perturb: PolicyPerturbation
+    agent: int
+    q_fn: AttackQFn
+    prev_actor_grad: Any
+    has_prev_grad: jax.Array
+
+
+class RolloutStats(NamedTuple):
+    """Sums over the collected episodes (divide by the counts outside).
+
+    Attributes:
+        episode_return: ``[B]`` undiscounted return per episode.
+        won: ``[B]`` float, 1.0 if the episode was won (SMAX) / succeeded at any step (grid).
+        length: ``[B]`` int32 episode lengths.
+        attack: ``AttackStepStats`` of ``[]`` sums over the poisoned agent's steps that had
+            at least two available actions (steps with a single available action admit no
+            perturbation; they are counted in ``attack_single_action_steps``).
+        attack_steps: ``[]`` number of steps summed in ``attack``.
+        attack_single_action_steps: ``[]`` steps of the poisoned agent with one action.
+        attack_kl_max: ``[]`` the largest ``KL(pi' || pi)`` of those steps.
+    """
+
+    episode_return: jax.Array
+    won: jax.Array
+    length: jax.Array
+    attack: AttackStepStats
+    attack_steps: jax.Array
+    attack_single_action_steps: jax.Array
+    attack_kl_max: jax.Array
+
+
+def _zero_attack_stats() -> AttackStepStats:
+    return AttackStepStats(*([jnp.float32(0.0)] * len(AttackStepStats._fields)))
+
+
+def collect_episodes(
+    env: TramEnv,
+    actor: RNNActor,
+    actor_params: Any,
+    key: jax.Array,
+    epsilon: jax.Array,
+    num_envs: int,
+    attack: AttackHook | None = None,
+    storage_dtype=jnp.float32,
+) -> tuple[Episodes, RolloutStats]:
+    """Runs ``num_envs`` episodes to their ends with the floored stochastic policy.
+
+    Returns:
+        ``(episodes, stats)``: ``Episodes`` with ``E = num_envs`` and
+        ``T + 1 = episode_limit + 1`` slots, and :class:`RolloutStats`.
+    """
+    spec = env.spec
+    n, a, limit = spec.num_agents, spec.num_actions, spec.episode_limit
+    key, reset_key = jax.random.split(key)
+    env_state, ts = jax.vmap(env.reset_arrays)(jax.random.split(reset_key, num_envs))
+    eps_store = empty_episodes(num_envs, limit, n, spec.obs_dim, spec.state_dim, a, storage_dtype)
+    eps_store = eps_store._replace(
+        obs=eps_store.obs.at[:, 0].set(ts.obs.astype(storage_dtype)),
+        state=eps_store.state.at[:, 0].set(ts.state.astype(storage_dtype)),
+        avail=eps_store.avail.at[:, 0].set(ts.avail),
+    )
+    h0 = jnp.zeros((num_envs, n, actor.hidden), jnp.float32)
+    last0 = jnp.full((num_envs, n), -1, jnp.int32)
+    active0 = jnp.ones((num_envs,), bool)
+
+    class Carry(NamedTuple):
+        t: jax.Array
+        key: jax.Array
+        env_state: Any
+        ts: Any
+        h: jax.Array
+        last: jax.Array
+        active: jax.Array
+        pending: jax.Array
+        store: Episodes
+        ret: jax.Array
+        won: jax.Array
+        attack_sum: AttackStepStats
+        attack_steps: jax.Array
+        single_steps: jax.Array
+        kl_max: jax.Array
+
+    def cond(c: Carry):
+        return (c.t <= limit) & jnp.any(c.active | c.pending)
+
+    def body(c: Carry) -> Carry:
+        key, k_act, k_att, k_env = jax.random.split(c.key, 4)
+        x = actor_inputs(c.ts.obs, c.last, a)  # [B, N, I]
+        logits, h_new = actor.apply(actor_params, c.h, x)
+        probs = floored_policy(logits, c.ts.avail, epsilon)
+        actions = sample_actions(k_act, probs)
+        attack_sum, attack_steps, single_steps, kl_max = c.attack_sum, c.attack_steps, c.single_steps, c.kl_max
+        if attack is not None:
+            k = attack.agent
+            q, mix = jax.vmap(attack.q_fn)(c.ts.state, c.ts.obs, actions, c.last)
+
+            def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b):
+                ctx = ActingContext(
+                    logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b,
+                    actor_params=actor_params, actor_hidden=h_b, actor_input=x_b,
+                    prev_actor_grad=attack.prev_actor_grad, has_prev_grad=attack.has_prev_grad,
+                    epsilon=epsilon,
+                )
+                return attack.perturb(key_b, ctx, _one_step_logits(actor))
+
+            new_logits_k, stats = jax.vmap(one_env)(
+                jax.random.split(k_att, num_envs), logits[:, k], c.ts.avail[:, k], q, mix,
+                c.h[:, k], x[:, k],
+            )
+            logits_att = logits.at[:, k].set(new_logits_k)
+            probs_att = floored_policy(logits_att, c.ts.avail, epsilon)
+            actions = sample_actions(k_act, probs_att)
+            multi = (jnp.sum(c.ts.avail[:, k], axis=-1) >= 2) & c.active
+            w = multi.astype(jnp.float32)
+            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats)
+            attack_steps = attack_steps + jnp.sum(w)
+            single_steps = single_steps + jnp.sum((~multi & c.active).astype(jnp.float32))
+            kl_max = jnp.maximum(kl_max, jnp.max(jnp.where(multi, stats.kl, 0.0)))
+        act, t, s = c.active, c.t, c.store
+        # An env that ended at the previous step ("pending") records the action chosen in
+        # its post-episode slot, which the critic targets bootstrap from (PyMARL selects
+        # actions in the last stored state too); it is not stepped.
+        recorded = act | c.pending
+        actions = jnp.where(recorded[:, None], actions, 0)
+        env_state, ts_next = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_envs), c.env_state, actions)
+        ts = jax.tree.map(
+            lambda new, old: jnp.where(act.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), ts_next, c.ts)
+
+        def put(arr, val, slot, where=act):
+            slot = jnp.minimum(slot, limit)
+            old = arr[:, slot]
+            m = where.reshape((-1,) + (1,) * (old.ndim - 1))
+            return arr.at[:, slot].set(jnp.where(m, val.astype(arr.dtype), old))
+
+        s = s._replace(
+            actions=put(s.actions, actions, t, recorded),
+            reward=put(s.reward, ts.reward, t),
+            terminated=put(s.terminated, ts.terminated, t),
+            filled=put(s.filled, jnp.ones_like(act), t),
+            obs=put(s.obs, ts.obs, t + 1),
+            state=put(s.state, ts.state, t + 1),
+            avail=put(s.avail, ts.avail, t + 1),
+        )
+        ret = c.ret + jnp.where(act, ts.reward, 0.0)
+        won = jnp.where(act, jnp.maximum(c.won, ts.won.astype(jnp.float32)), c.won)
+        return Carry(
+            t=t + 1, key=key, env_state=env_state, ts=ts, h=h_new,
+            last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
+            pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
+            single_steps=single_steps, kl_max=kl_max,
+        )
+
+    c0 = Carry(
+        t=jnp.int32(0), key=key, env_state=env_state, ts=ts, h=h0, last=last0, active=active0,
+        pending=jnp.zeros((num_envs,), bool), store=eps_store, ret=jnp.zeros((num_envs,), jnp.float32),
+        won=jnp.zeros((num_envs,), jnp.float32), attack_sum=_zero_attack_stats(),
+        attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
+    )
+    c = jax.lax.while_loop(cond, body, c0)
+    stats = RolloutStats(
+        episode_return=c.ret, won=c.won, length=c.store.lengths, attack=c.attack_sum,
+        attack_steps=c.attack_steps, attack_single_action_steps=c.single_steps, attack_kl_max=c.kl_max,
+    )
+    return c.store, stats
+
+
+def _one_step_logits(actor: RNNActor):
+    """``(params, hidden [H], input [I]) -> logits [A]`` for the attack's Jacobians."""
+
+    def f(params, h, x):
+        return actor.apply(params, h, x)[0]
+
+    return f
+
+
+class EvalStats(NamedTuple):
+    """Greedy test episodes: ``[E]`` returns and won/success flags (float)."""
+
+    episode_return: jax.Array
+    won: jax.Array
+
+
+def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.Array,
+                    num_episodes: int) -> EvalStats:
+    """Runs ``num_episodes`` test episodes at once with the greedy policy (no epsilon, no
+    attack: TRAM is silent at test time). Returns :class:`EvalStats` with ``E = num_episodes``."""
+    spec = env.spec
+    n, a, limit = spec.num_agents, spec.num_actions, spec.episode_limit
+    key, reset_key = jax.random.split(key)
+    env_state, ts = jax.vmap(env.reset_arrays)(jax.random.split(reset_key, num_episodes))
+
+    def cond(c):
+        return (c[0] < limit) & jnp.any(c[5])
+
+    def body(c):
+        t, key, env_state, ts, h, active, last, ret, won = c
+        key, k_env = jax.random.split(key)
+        logits, h = actor.apply(actor_params, h, actor_inputs(ts.obs, last, a))
+        actions = jnp.where(active[:, None], greedy_actions(logits, ts.avail), 0)
+        env_state, ts = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_episodes), env_state, actions)
+        ret = ret + jnp.where(active, ts.reward, 0.0)
+        won = jnp.where(active, jnp.maximum(won, ts.won.astype(jnp.float32)), won)
+        last = jnp.where(active[:, None], actions, last)
+        return (t + 1, key, env_state, ts, h, active & ~ts.done, last, ret, won)
+
+    c0 = (jnp.int32(0), key, env_state, ts, jnp.zeros((num_episodes, n, actor.hidden)),
+          jnp.ones((num_episodes,), bool), jnp.full((num_episodes, n), -1, jnp.int32),
+          jnp.zeros((num_episodes,)), jnp.zeros((num_episodes,)))
+    c = jax.lax.while_loop(cond, body, c0)
+    return EvalStats(episode_return=c[7], won=c[8])

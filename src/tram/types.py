@@ -1,0 +1,81 @@
+"""Types shared by learners and attacks.
+
+Shape letters: ``T`` time, ``B`` environments, ``N`` agents, ``A`` actions, ``H`` actor
+hidden units, ``I`` actor input features.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+Params = Any  # a pytree of arrays
+
+# actor_logits_fn(actor_params, hidden [H], actor_input [I]) -> logits [A]
+# The one-step recurrent actor of one agent (the hidden state before the step is an input).
+ActorLogitsFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
+
+
+class ActingContext(NamedTuple):
+    """What a policy perturbation may read, for ONE environment and the poisoned agent.
+
+    The learner builds it at every acting step (inside its compiled rollout) and vmaps the
+    perturbation over environments; nothing here is batched.
+
+    Attributes:
+        logits: ``[A]`` the actor's raw logits for the poisoned agent.
+        avail: ``[A]`` bool available actions (at least one True).
+        q_values: ``[A]`` the learner's critic values for the poisoned agent per action
+            (DOP: ``Q_k(s, tau_k, .)``; COMA: ``Q(s, u_-k, .)``).
+        mix_weight: ``[]`` DOP's mixing weight ``k_k(s) >= 0``; 1.0 for COMA.
+        actor_params: the shared actor parameters (pytree).
+        actor_hidden: ``[H]`` the poisoned agent's recurrent state before this step.
+        actor_input: ``[I]`` the poisoned agent's actor input at this step.
+        prev_actor_grad: pytree like ``actor_params``: the last actor update's policy
+            gradient in the ascent direction of J (minus the gradient of the actor loss);
+            zeros before the first update.
+        has_prev_grad: ``[]`` bool, False before the first actor update.
+        epsilon: ``[]`` the learner's exploration floor at this step.
+    """
+
+    logits: jax.Array
+    avail: jax.Array
+    q_values: jax.Array
+    mix_weight: jax.Array
+    actor_params: Params
+    actor_hidden: jax.Array
+    actor_input: jax.Array
+    prev_actor_grad: Params
+    has_prev_grad: jax.Array
+    epsilon: jax.Array
+
+
+class AttackStepStats(NamedTuple):
+    """Per-step statistics of the poisoned agent (all ``[]`` scalars per environment).
+
+    Attributes:
+        attacked: 1.0 if this step sampled from the perturbed policy (Bernoulli(f_A)).
+        stealth_loglik: Eq. 3 term of this step,
+            ``f_A * sum_a pi'(a) log pi(a) + (1 - f_A) * sum_a pi(a) log pi(a)``.
+        kl: ``KL(pi' || pi)`` of the perturbed policy (0 when no direction exists).
+        beta: the step size chosen by Algorithm 1.
+        saturated: 1.0 if KL never exceeded KL_U during doubling (beta is huge).
+        fallback: 1.0 if the direction fell back to random (zero vector, no previous
+            gradient for J-based, or a single available action).
+        pmax_before: max_a pi(a) over available actions.
+        pmax_after: max_a pi'(a) over available actions.
+    """
+
+    attacked: jax.Array
+    stealth_loglik: jax.Array
+    kl: jax.Array
+    beta: jax.Array
+    saturated: jax.Array
+    fallback: jax.Array
+    pmax_before: jax.Array
+    pmax_after: jax.Array
+
+
+# perturb(key, ctx, actor_logits_fn) -> (logits_to_sample_from [A], AttackStepStats)
+PolicyPerturbation = Callable[[jax.Array, ActingContext, ActorLogitsFn], tuple[jax.Array, AttackStepStats]]
