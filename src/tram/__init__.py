@@ -3,6 +3,24 @@
 Implements TRAM (Wu, Wang et al., "Model and Method: Training-Time Attack for Cooperative
 Multi-Agent Reinforcement Learning") on JAX: grid tasks and SMAX maps, DOP and COMA
 learners, and the variance-based, J-based and random action-sampling attacks.
+
+``tram.train(config, out)`` trains and writes a run directory; ``tram.report(runs, out)``
+draws figures and tables from a run store.
 """
 
 __version__ = "0.1.0"
+
+
+def train(config, out="runs", **kwargs):
+    """Trains ``config`` (a :class:`tram.config.TrainConfig`) on all its seeds at once and
+    returns the run directory (see :func:`tram.experiments.runner.train`)."""
+    from tram.experiments.runner import train as _train
+
+    return _train(config, out, **kwargs)
+
+
+def report(runs="runs", out="report"):
+    """Writes figures and tables for the run store ``runs`` into ``out``; returns the paths."""
+    from tram.report import make_report
+
+    return make_report(runs, out)

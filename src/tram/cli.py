@@ -142,3 +142,142 @@ def report(
 
 def main():  # pragma: no cover
     app()
+
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+PAPER_PRESETS = ("paper_fig2", "paper_fig3", "paper_budgets", "paper_budgets_kl", "paper_appendix_d",
+                 "paper_large_maps")
+
+
+def sweep_file(name_or_path: str) -> Path:
+    """A sweep file path, or the name of a preset in ``tram/presets`` (``demo``, ``paper_fig2``...)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        return preset
+    names = sorted(x.stem for x in PRESETS_DIR.glob("*.yaml"))
+    raise typer.BadParameter(f"sweep file {name_or_path!r} does not exist and is not a preset; presets: {', '.join(names)}")
+
+
+def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str]) -> int:
+    from tram.experiments.sweep import run_sweep
+
+    results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo)
+    return sum(1 for r in results if r.error)
+
+
+@app.command()
+def sweep(
+    file: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, paper_fig2, ...)."),
+    out: Path = typer.Option(Path("runs"), help="Run store directory."),
+    backend: str = typer.Option("local", help="local (in-process) or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    dry_run: bool = typer.Option(False, help="Only list the cells."),
+):
+    """Run a grid of (env, learner, method, f_A, KL_U) cells; finished cells are skipped."""
+    from tram.experiments.sweep import SweepError, load_sweep
+
+    try:
+        configs = load_sweep(sweep_file(file))
+    except SweepError as e:
+        raise typer.BadParameter(str(e))
+    if dry_run:
+        for c in configs:
+            typer.echo(f"{c.env.name} {c.learner.name} {c.attack.method} f_a={c.attack.f_a:g} kl_u={c.attack.kl_u:g} "
+                       f"seeds={len(c.run.seeds)} steps={c.run.steps:,}")
+        return
+    failures = _run_sweep_cli(configs, out, backend, address)
+    raise typer.Exit(code=1 if failures else 0)
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("demo"), help="Output directory (runs/ and the report).")):
+    """A small reproduction on the Gather grid task: clean, random, J-based and var-based TRAM,
+    2 seeds, then the figure and the stealth table in OUT."""
+    from tram.experiments.sweep import load_sweep
+    from tram.report import make_report
+
+    configs = load_sweep(PRESETS_DIR / "demo.yaml")
+    failures = _run_sweep_cli(configs, out / "runs", "local", None)
+    paths = make_report(out / "runs", out)
+    typer.echo(f"demo: wrote {len(paths)} files to {out}; see {out / 'index.md'}")
+    for p in paths:
+        if p.name.startswith("table1") and p.suffix == ".md":
+            typer.echo(p.read_text())
+    raise typer.Exit(code=1 if failures else 0)
+
+
+def _estimate_seconds(configs) -> float:
+    """Wall-time estimate from throughput measured here by ``benchmarks/train_throughput.py``
+    (``presets/throughput.json``: training env steps/s summed over 5 vmapped seeds on 3m, per
+    learner). Other maps are scaled by the critic's work, which grows with agents x
+    (observation + state) features. A rough guide, not a promise."""
+    import json
+
+    from tram.envs import make_env
+
+    measured = json.loads((PRESETS_DIR / "throughput.json").read_text())
+    ref = measured["reference_env"]
+    total = 0.0
+    for c in configs:
+        spec = make_env(c.env.name).spec
+        sps = measured["steps_per_s"].get(c.learner.name, measured["steps_per_s"]["dop"])
+        work = spec.num_agents * (spec.obs_dim + spec.state_dim)
+        ref_work = ref["num_agents"] * (ref["obs_dim"] + ref["state_dim"])
+        total += c.run.steps * len(c.run.seeds) / (sps * ref_work / max(work, 1))
+    return total
+
+
+@app.command()
+def reproduce(
+    target: str = typer.Argument("paper", help="paper (Figs. 2, 3, 5, 6, App. D) or demo."),
+    maps: Optional[list[str]] = typer.Option(None, "--maps", help="Restrict to these environments."),
+    steps: Optional[str] = typer.Option(None, help="Env steps per seed (default: the paper's 2e6)."),
+    seeds: Optional[str] = typer.Option(None, help="Seed count or list (default 5)."),
+    out: Path = typer.Option(Path("runs"), help="Run store directory."),
+    report_dir: Path = typer.Option(Path("report"), "--report", help="Where the report goes."),
+    backend: str = typer.Option("local", help="local or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address."),
+    dry_run: bool = typer.Option(False, help="Print the plan and the time estimate only."),
+):
+    """Run the paper's experiment grid, then the report."""
+    import yaml
+
+    from tram.experiments.sweep import SweepError, expand_grid
+    from tram.report import make_report
+
+    presets = {"paper": PAPER_PRESETS, "demo": ("demo",)}
+    if target not in presets:
+        raise typer.BadParameter(f"reproduce target must be one of {', '.join(presets)}, got {target!r}")
+    configs, seen = [], set()
+    for name in presets[target]:
+        spec = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())
+        if maps:
+            spec["envs"] = [e for e in spec["envs"] if e in maps]
+            if not spec["envs"]:
+                continue
+        if steps is not None:
+            spec["steps"] = parse_steps(steps)
+        if seeds is not None:
+            spec["seeds"] = list(parse_seeds(seeds))
+        try:
+            for c in expand_grid(spec):
+                if c.to_json() not in seen:
+                    seen.add(c.to_json())
+                    configs.append(c)
+        except SweepError as e:
+            raise typer.BadParameter(str(e))
+    if not configs:
+        raise typer.BadParameter(f"--maps {maps} selects no environment of the {target} grid")
+    total_steps = sum(c.run.steps * len(c.run.seeds) for c in configs)
+    est = _estimate_seconds(configs)
+    typer.echo(f"{target}: {len(configs)} runs, {total_steps:,} env steps in total; "
+               f"estimated {est / 3600:.1f} h on this machine ({backend} backend, one run at a time)")
+    if dry_run:
+        return
+    failures = _run_sweep_cli(configs, out, backend, address)
+    paths = make_report(out, report_dir)
+    typer.echo(f"report: {len(paths)} files in {report_dir}")
+    raise typer.Exit(code=1 if failures else 0)

@@ -50,8 +50,7 @@ class WindowAcc(NamedTuple):
     single_steps: jax.Array
     kl_max: jax.Array
     updates: jax.Array
-    critic_loss: jax.Array
-    actor_loss: jax.Array
+    info: dict  # sums of the learner's train_step info over the window's updates
 
 
 class TrainState(NamedTuple):
@@ -79,12 +78,17 @@ class WindowMetrics(NamedTuple):
     attacked_frac: jax.Array
     pmax_before: jax.Array
     pmax_after: jax.Array
+    updates: jax.Array
+    work: dict  # the learner's work counters summed over the window (for benchmarks)
 
 
-def _zero_window() -> WindowAcc:
+WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots")
+
+
+def _zero_window(info_keys) -> WindowAcc:
     z = jnp.float32(0.0)
     return WindowAcc(episodes=z, train_return=z, attack=AttackStepStats(*([z] * len(AttackStepStats._fields))),
-                     attack_steps=z, single_steps=z, kl_max=z, updates=z, critic_loss=z, actor_loss=z)
+                     attack_steps=z, single_steps=z, kl_max=z, updates=z, info={k: z for k in info_keys})
 
 
 def learner_module(name: str):
@@ -139,12 +143,15 @@ def make_train(config) -> TrainProgram:
     perturb = make_perturbation(attack_cfg) if attacking else None
     storage = jnp.float16 if getattr(cfg, "storage_dtype", "float32") == "float16" else jnp.float32
 
+    nets = mod.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
+    ls_shape = jax.eval_shape(lambda k: mod.init_state(cfg, env.spec, k)[1], jax.random.PRNGKey(0))
+    info_shape = jax.eval_shape(lambda s: mod.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
+    info_keys = tuple(sorted(info_shape))
+
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
-        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=_zero_window())
-
-    nets = mod.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
+        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=_zero_window(info_keys))
 
     def iteration(state: TrainState) -> TrainState:
         key, k_roll, k_train = jax.random.split(state.key, 3)
@@ -157,7 +164,7 @@ def make_train(config) -> TrainProgram:
                               prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad)
         episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage)
         ls = mod.store_episodes(ls, episodes)
-        zero_info = {"critic_loss": jnp.float32(0.0), "actor_loss": jnp.float32(0.0)}
+        zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
         ls, info = jax.lax.cond(ready, lambda s: mod.train_step(cfg, nets, s, k_train, eps),
                                 lambda s: (s, zero_info), ls)
@@ -170,8 +177,7 @@ def make_train(config) -> TrainProgram:
             single_steps=w.single_steps + rs.attack_single_action_steps,
             kl_max=jnp.maximum(w.kl_max, rs.attack_kl_max),
             updates=w.updates + ready.astype(jnp.float32),
-            critic_loss=w.critic_loss + info["critic_loss"],
-            actor_loss=w.actor_loss + info["actor_loss"],
+            info={k: w.info[k] + info[k] for k in info_keys},
         )
         return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
 
@@ -193,8 +199,8 @@ def make_train(config) -> TrainProgram:
             test_return=jnp.mean(ev.episode_return),
             test_won=jnp.mean(ev.won),
             train_return=jnp.where(w.episodes > 0, w.train_return / jnp.maximum(w.episodes, 1.0), nan),
-            critic_loss=jnp.where(w.updates > 0, w.critic_loss / jnp.maximum(w.updates, 1.0), nan),
-            actor_loss=jnp.where(w.updates > 0, w.actor_loss / jnp.maximum(w.updates, 1.0), nan),
+            critic_loss=jnp.where(w.updates > 0, w.info["critic_loss"] / jnp.maximum(w.updates, 1.0), nan),
+            actor_loss=jnp.where(w.updates > 0, w.info["actor_loss"] / jnp.maximum(w.updates, 1.0), nan),
             stealth_loglik=att(a.stealth_loglik / steps),
             kl_mean=att(a.kl / steps),
             kl_max=att(w.kl_max),
@@ -204,13 +210,15 @@ def make_train(config) -> TrainProgram:
             attacked_frac=att(a.attacked / steps),
             pmax_before=att(a.pmax_before / steps),
             pmax_after=att(a.pmax_after / steps),
+            updates=w.updates,
+            work={k: w.info[k] for k in info_keys if k in WORK_KEYS},
         )
         has_steps = w.attack_steps > 0
         metrics = metrics._replace(**{
             f: jnp.where(has_steps | ~attacking, getattr(metrics, f), nan)
             for f in ("stealth_loglik", "kl_mean", "beta_mean", "saturated_frac", "attacked_frac",
                       "pmax_before", "pmax_after")})
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window()), metrics
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys)), metrics
 
     targets = tuple(i * config.run.eval_interval for i in range(config.run.num_windows))
 

@@ -24,8 +24,9 @@ from tram.config import TrainConfig
 from tram.experiments import store
 from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train
 
-METRIC_COLUMNS = ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
-                  *ATTACK_FIELDS)
+METRIC_COLUMNS = store.METRIC_COLUMNS
+assert METRIC_COLUMNS == ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
+                          *ATTACK_FIELDS), "metrics.csv columns of the store and the program disagree"
 
 
 def versions() -> dict[str, str]:
@@ -109,8 +110,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
             f"({program.env.spec.agent_unit_types[program.attacked_agent]}), requested {config.attack.agent!r}")
     check_memory(config, program, log)
     run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(run_dir / "config.json", {**cfg_dict, "versions": versions(),
-                                                      "attacked_agent_index": program.attacked_agent})
+    store.write_json_atomic(run_dir / "config.json", {**cfg_dict, "versions": versions()})
 
     init = jax.jit(jax.vmap(program.init))
     run_window = jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))

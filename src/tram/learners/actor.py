@@ -115,12 +115,13 @@ def floored_policy(logits: jax.Array, avail: jax.Array, epsilon: jax.Array) -> j
         logits: ``[..., A]``; avail: ``[..., A]`` bool; epsilon: scalar or broadcastable.
 
     Returns:
-        ``[..., A]`` probabilities, exactly 0 on unavailable actions.
+        ``[..., A]`` probabilities, exactly 0 on unavailable actions (an all-unavailable
+        row, which only padding has, gives all zeros rather than NaN).
     """
     num_actions = logits.shape[-1]
     p = (1.0 - epsilon) * jax.nn.softmax(logits, axis=-1) + epsilon / num_actions
     p = jnp.where(avail, p, 0.0)
-    return p / jnp.sum(p, axis=-1, keepdims=True)
+    return p / jnp.maximum(jnp.sum(p, axis=-1, keepdims=True), 1e-30)
 
 
 def greedy_actions(logits: jax.Array, avail: jax.Array) -> jax.Array:

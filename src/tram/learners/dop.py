@@ -28,7 +28,10 @@ Follows the reference in:
   agent;
 * RMSprop(alpha 0.99, eps 1e-5 outside the square root as in PyTorch), actor lr 5e-4,
   critic lr 1e-4, 4 parallel environments, one training iteration per 4 new episodes once
-  the buffers hold 16 and 32 episodes.
+  the buffers hold 16 and 32 episodes;
+* every loop over time (per-timestep critic steps, target forward passes, the actor's
+  recurrent forward pass and back-propagation) stops at the batch's longest episode, as
+  the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`).
 
 Departs from the reference in:
 
@@ -36,9 +39,6 @@ Departs from the reference in:
   ``offpg_smac.yaml`` starts at 0.5);
 * observations and states may be stored as float16 in the buffers (``storage_dtype``,
   default float16) to fit the off-policy buffer in memory on large maps;
-* per-timestep critic steps run over the batch's longest episode only (as the
-  reference's truncation to ``max_t_filled`` does), but the target forward passes and the
-  actor's recurrent pass run over the padded episode limit, whose extra steps are masked;
 * the actor gradient of the last update (before clipping, ascent direction) is kept in
   the state for the J-based attack.
 """
@@ -59,6 +59,7 @@ from tram.learners.episodes import (
     empty_episodes, episodes_nbytes, loss_mask, truncate_length,
 )
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
+from tram.learners.timechunks import map_time, recurrent_value_and_grad, scan_time
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ class DOPConfig:
     mixing_embed: int = 32
     storage_dtype: str = "float16"
     """dtype of stored observations and states: float16 or float32."""
+    time_chunk: int = 8
+    """Steps per chunk of the time loops that stop at a batch's longest episode."""
 
     def __post_init__(self):
         _check_common(self)
@@ -123,7 +126,7 @@ def _unit_interval(cfg, field: str):
 def _check_common(cfg):
     """Checks shared by the actor-critic learners' configs (DOP, COMA)."""
     for f in ("num_envs", "buffer_size", "batch_size", "target_update_interval", "rnn_hidden",
-              "epsilon_anneal_steps"):
+              "epsilon_anneal_steps", "time_chunk"):
         _positive_int(cfg, f)
     for f in ("gamma", "td_lambda", "rms_alpha", "epsilon_start", "epsilon_finish"):
         _unit_interval(cfg, f)
@@ -216,23 +219,44 @@ def mix(nets: DOPNets, critic_params, agent_q: jax.Array, state: jax.Array) -> j
     return jnp.sum(k * agent_q, axis=-1)
 
 
-def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsilon) -> jax.Array:
+def episode_actor_inputs(actor: RNNActor, episodes: Episodes) -> jax.Array:
+    """Actor inputs at every slot (last action -1 at t = 0). ``-> [E, T+1, N, I]``."""
+    e, _, n = episodes.actions.shape
+    last = jnp.concatenate([jnp.full((e, 1, n), -1, jnp.int32), episodes.actions[:, :-1]], axis=1)
+    return actor_inputs(episodes.obs, last, actor.num_actions)
+
+
+def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsilon,
+                         length: jax.Array | None = None, chunk: int = 8) -> jax.Array:
     """The floored policy at every slot of every episode (GRU from zeros at t = 0).
+
+    With ``length``, only the first ``length`` slots are computed (the rest are 0).
 
     Returns ``[E, T+1, N, A]`` probabilities (0 on unavailable actions).
     """
     e, t1, n = episodes.actions.shape
-    last = jnp.concatenate([jnp.full((e, 1, n), -1, jnp.int32), episodes.actions[:, :-1]], axis=1)
-    x = actor_inputs(episodes.obs, last, actor.num_actions)  # [E, T+1, N, I]
+    x = episode_actor_inputs(actor, episodes)
 
     def step(h, x_t):
         logits, h = actor.apply(actor_params, h, x_t)
         return h, logits
 
     h0 = jnp.zeros((e, n, actor.hidden), jnp.float32)
-    _, logits = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
-    logits = jnp.swapaxes(logits, 0, 1)
+    if length is None:
+        _, logits = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
+        logits = jnp.swapaxes(logits, 0, 1)
+    else:
+        logits = scan_time(step, h0, x, length, chunk)
     return floored_policy(logits, episodes.avail, epsilon)
+
+
+def q_over_episodes(nets: "DOPNets", critic_params, ep: Episodes, length: jax.Array | None = None,
+                    chunk: int = 8) -> jax.Array:
+    """``Q_i(s_t, o_i,t, .)`` at every slot; with ``length`` only the first ``length`` slots.
+    ``-> [E, T+1, N, A]``."""
+    if length is None:
+        return q_values(nets, critic_params, ep.state, ep.obs)
+    return map_time(lambda sl: q_values(nets, critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, chunk)
 
 
 def take(q: jax.Array, actions: jax.Array) -> jax.Array:
@@ -243,20 +267,24 @@ def take(q: jax.Array, actions: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------
 # Critic
 # ----------------------------------------------------------------------------------------
-def on_policy_targets(nets: DOPNets, target_params, ep: Episodes, cfg: DOPConfig) -> jax.Array:
-    """TD(lambda) targets on the target ``Q_tot`` at the taken actions. ``-> [E, T]``."""
-    qt = mix(nets, target_params, take(q_values(nets, target_params, ep.state, ep.obs), ep.actions), ep.state)
+def on_policy_targets(nets: DOPNets, target_params, ep: Episodes, cfg: DOPConfig,
+                      length: jax.Array | None = None) -> jax.Array:
+    """TD(lambda) targets on the target ``Q_tot`` at the taken actions. ``-> [E, T]``.
+
+    ``length`` (slots to compute, the longest episode + 1) skips the padding."""
+    q = q_over_episodes(nets, target_params, ep, length, cfg.time_chunk)
+    qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
     return jax.vmap(td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
         ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, cfg.gamma, cfg.td_lambda)
 
 
 def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes, epsilon,
-                       cfg: DOPConfig) -> jax.Array:
+                       cfg: DOPConfig, length: jax.Array | None = None) -> jax.Array:
     """Tree-backup targets (reference ``train_critic_best``). ``-> [E, T]``."""
-    pi = policy_over_episodes(nets.actor, actor_params, ep, epsilon)  # [E, T+1, N, A]
+    pi = policy_over_episodes(nets.actor, actor_params, ep, epsilon, length, cfg.time_chunk)  # [E, T+1, N, A]
     c = jnp.prod(take(pi, ep.actions), axis=-1)  # [E, T+1]
-    q = q_values(nets, target_params, ep.state, ep.obs)  # [E, T+1, N, A]
+    q = q_over_episodes(nets, target_params, ep, length, cfg.time_chunk)  # [E, T+1, N, A]
     qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     expected = mix(nets, target_params, jnp.sum(pi * q, axis=-1), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
@@ -319,6 +347,40 @@ def actor_loss(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon
     adv = jax.lax.stop_gradient(take(q, actions) - baseline)
     pi_taken = jnp.where(mask > 0, take(pi, actions), 1.0)
     return -jnp.sum(k * adv * jnp.log(pi_taken) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def actor_loss_and_grad(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon, length,
+                        chunk: int = 8):
+    """:func:`actor_loss` and its gradient, computed only over the first ``length`` steps
+    (the batch's longest episode) by chunked back-propagation through time. Same numbers as
+    ``jax.value_and_grad(actor_loss)`` up to float rounding (tested).
+
+    Returns ``(loss, grads)``.
+    """
+    e, t1, n = ep.actions.shape
+    q = map_time(lambda sl: q_values(nets, critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, chunk)
+    k = map_time(lambda st: nets.mixer.apply(critic_params["mixer"], st), ep.state, length, chunk)
+    mask = jnp.concatenate([loss_mask(ep.filled, ep.terminated), jnp.zeros((e, 1))], axis=1)  # [E, T+1]
+    mask = jnp.broadcast_to(mask[..., None], ep.actions.shape)
+    weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
+    xs = (episode_actor_inputs(nets.actor, ep), ep.avail, ep.actions, q, k, weight)
+
+    def chunk_loss(params, h, x):
+        inputs, avail, actions, q_c, k_c, w_c = x
+
+        def step(h, x_t):
+            logits, h = nets.actor.apply(params, h, x_t)
+            return h, logits
+
+        h, logits = jax.lax.scan(step, h, jnp.swapaxes(inputs, 0, 1))
+        pi = floored_policy(jnp.swapaxes(logits, 0, 1), avail, epsilon)
+        baseline = jax.lax.stop_gradient(jnp.sum(pi * q_c, axis=-1))
+        adv = jax.lax.stop_gradient(take(q_c, actions) - baseline)
+        pi_taken = jnp.where(w_c > 0, take(pi, actions), 1.0)
+        return -jnp.sum(k_c * adv * jnp.log(pi_taken) * w_c), h
+
+    h0 = jnp.zeros((e, n, nets.actor.hidden), jnp.float32)
+    return recurrent_value_and_grad(chunk_loss, actor_params, h0, xs, length, chunk)
 
 
 # ----------------------------------------------------------------------------------------
@@ -401,14 +463,16 @@ def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
 
 def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> tuple[DOPState, dict]:
     """One DOP training iteration: critic (on 16 + 32 sampled episodes), then actor (on the
-    16 newest). Returns the new state and ``{"critic_loss", "actor_loss"}``."""
+    16 newest). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
+    work done (``critic_timesteps`` steps taken, ``target_slots`` slots per episode of the
+    target passes, ``actor_slots`` slots per episode of the actor pass)."""
     k_on, k_off = jax.random.split(key)
     on = buffer_sample_uniform(k_on, state.on_buffer, cfg.batch_size).as_float32()
     off = buffer_sample_uniform(k_off, state.off_buffer, cfg.off_batch_size).as_float32()
     num_steps = jnp.maximum(truncate_length(on), truncate_length(off))
 
-    y_on = on_policy_targets(nets, state.target_params, on, cfg)
-    y_off = off_policy_targets(nets, state.target_params, state.actor_params, off, epsilon, cfg)
+    y_on = on_policy_targets(nets, state.target_params, on, cfg, num_steps + 1)
+    y_off = off_policy_targets(nets, state.target_params, state.actor_params, off, epsilon, cfg, num_steps + 1)
     batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), on, off)
     targets = jnp.concatenate([y_on, y_off], axis=0)
     mask = loss_mask(batch.filled, batch.terminated)
@@ -421,7 +485,8 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
     last_update = jnp.where(do_copy, critic_steps, state.last_target_update)
 
     latest = buffer_latest(state.on_buffer, cfg.batch_size).as_float32()
-    a_loss, grads = jax.value_and_grad(actor_loss)(state.actor_params, nets, critic_params, latest, epsilon)
+    a_loss, grads = actor_loss_and_grad(state.actor_params, nets, critic_params, latest, epsilon,
+                                        truncate_length(latest), cfg.time_chunk)
     updates, actor_opt = rmsprop(cfg.actor_lr, cfg).update(grads, state.actor_opt, state.actor_params)
     actor_params = optax.apply_updates(state.actor_params, updates)
 
@@ -431,4 +496,7 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
         last_target_update=last_update,
         prev_actor_grad=jax.tree.map(jnp.negative, grads), has_prev_grad=jnp.bool_(True),
     )
-    return new_state, {"critic_loss": critic_loss, "actor_loss": a_loss}
+    info = {"critic_loss": critic_loss, "actor_loss": a_loss, "critic_timesteps": steps.astype(jnp.float32),
+            "target_slots": (num_steps + 1).astype(jnp.float32),
+            "actor_slots": truncate_length(latest).astype(jnp.float32)}
+    return new_state, info

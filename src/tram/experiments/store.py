@@ -1,0 +1,796 @@
+"""The run store: one directory per run, written atomically, resumable, corruption-detecting.
+
+A run directory holds every seed of one (environment, learner, attack config, steps) run::
+
+    <name>/                       # name = run_name(config), e.g. 3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d
+      config.json                 # the resolved config (+ "versions")
+      metrics.csv                 # one row per seed per evaluation, columns METRIC_COLUMNS
+      summary.json                # {"status": "done", "final": {seed: {metric: value}}, ...}
+      attack_samples.npz          # optional: pi, delta_hat, avail [K, A]; env_steps, seed [K]
+      checkpoint/                 # save_checkpoint / load_checkpoint
+        meta.json                 # {"step", "file", "sha256", "meta", ...}
+        state-<step>.npz          # the arrays meta.json points at
+
+Every file is written to a temporary file in the same directory, fsynced, then moved into
+place with ``os.replace`` (atomic on POSIX), so a killed process leaves either the old or the
+new content, never half a file. A file that is nevertheless damaged (truncated by hand, disk
+trouble, a checkpoint whose checksum does not match) raises :class:`CorruptRunError` naming
+the file, instead of being used.
+
+``summary.json`` with ``"status": "done"`` is written last and marks a finished run; a sweep
+must never redo or overwrite such a run (:func:`run_status`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+SAMPLES_FILE = "attack_samples.npz"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_META = "meta.json"
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "seed",
+    "env_steps",
+    "test_return",
+    "test_win_rate",
+    "test_success",
+    "train_return",
+    "stealth_loglik",
+    "kl_mean",
+    "kl_max",
+    "beta_mean",
+    "saturated_frac",
+    "fallback_frac",
+    "attacked_frac",
+    "pmax_before",
+    "pmax_after",
+)
+"""Columns of ``metrics.csv``, in file order. ``seed`` and ``env_steps`` are integers, the
+rest floats (NaN where a column does not apply)."""
+
+INT_COLUMNS: frozenset[str] = frozenset({"seed", "env_steps"})
+
+SAMPLE_ARRAYS: tuple[str, ...] = ("pi", "delta_hat", "avail", "env_steps", "seed")
+"""Arrays of ``attack_samples.npz``: ``pi``, ``delta_hat``, ``avail`` ``[K, A]``;
+``env_steps``, ``seed`` ``[K]``."""
+
+_TMP_PREFIX = ".tmp-"
+
+RunStatus = Literal["missing", "partial", "done"]
+
+
+class CorruptRunError(RuntimeError):
+    """A run file exists but cannot be trusted (truncated, unparsable, checksum mismatch)."""
+
+
+# ----------------------------------------------------------------------------------------
+# Names
+# ----------------------------------------------------------------------------------------
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON-ready copy of ``obj`` with a single spelling per value.
+
+    Integral floats become ints (``1.0`` and ``1`` hash alike), tuples become lists, numpy
+    scalars and arrays become Python values, dict keys become strings.
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _canonical(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _canonical(obj.item())
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if math.isfinite(obj) and obj == int(obj):
+            return int(obj)
+        return obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _canonical(dataclasses.asdict(obj))
+    raise TypeError(f"config value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON text of ``obj``: sorted keys, no spaces, integral floats as ints."""
+    return json.dumps(_canonical(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 8 hex digits of the sha256 of the canonical JSON of ``config`` minus ``versions``."""
+    body = {k: v for k, v in config.items() if k != "versions"}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:8]
+
+
+def _short_number(x: float) -> str:
+    """``1.0 -> "1"``, ``0.4 -> "0.4"``, ``6 -> "6"``."""
+    return f"{float(x):g}"
+
+
+def _short_steps(steps: int) -> str:
+    """``2_000_000 -> "2e6"``, ``2_500_000 -> "2.5e6"``, ``123_456 -> "123456"``."""
+    text = str(int(steps))
+    digits = text.rstrip("0")
+    exponent = len(text) - 1
+    if exponent < 3 or len(digits) > 3:
+        return text
+    mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    return f"{mantissa}e{exponent}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(text)).strip("_") or "x"
+
+
+def run_name(config: Mapping[str, Any]) -> str:
+    """Directory name of a run: readable fields plus a hash of the whole resolved config.
+
+    ``{env}-{learner}-{method}[-fa{f_a}-kl{kl_u}]-{steps}steps-{hash8}``, e.g.
+    ``3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d``; the budget is left out of the readable part for
+    method ``none``. The hash (:func:`config_hash`) covers every value except ``versions``,
+    so two configs differing in any value (seeds, a learner hyper-parameter, ...) get
+    different names, and the same config always gets the same name.
+
+    Args:
+        config: the resolved config dict (``TrainConfig.to_dict()`` plus ``versions``), with
+            at least ``env.name``, ``learner.name``, ``attack.method`` and ``run.steps``.
+    """
+    try:
+        env = config["env"]["name"]
+        learner = config["learner"]["name"]
+        attack = config["attack"]
+        method = attack["method"]
+        steps = config["run"]["steps"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(
+            f"run_name needs env.name, learner.name, attack.method and run.steps; missing {e}"
+        ) from None
+    parts = [_slug(env), _slug(learner), _slug(method)]
+    if method != "none":
+        parts += [f"fa{_short_number(attack['f_a'])}", f"kl{_short_number(attack['kl_u'])}"]
+    parts += [f"{_short_steps(steps)}steps", config_hash(config)]
+    return "-".join(parts)
+
+
+# ----------------------------------------------------------------------------------------
+# Atomic writers
+# ----------------------------------------------------------------------------------------
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` via ``write(binary_file)`` on a same-directory temp file + fsync + rename.
+
+    If ``write`` (or anything before the rename) raises, the temp file is removed and the
+    previous content of ``path``, if any, is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Atomically replace ``path`` with ``text`` (UTF-8)."""
+    data = text.encode("utf-8")
+    return _write_atomic(path, lambda f: f.write(data))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``."""
+    return _write_atomic(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (sorted keys; NaN is written as ``NaN``)."""
+
+    def write(f: IO[bytes]) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=True)
+        json.dump(obj, text, indent=2, sort_keys=True, default=_json_default)
+        text.write("\n")
+        text.detach()
+
+    return _write_atomic(path, write)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def format_value(value: Any) -> str:
+    """CSV spelling of one value: ints as ints, floats by ``repr`` (exact round trip)."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    return str(value)
+
+
+def write_csv_atomic(
+    path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]
+) -> Path:
+    """Atomically write a CSV file: ``header`` then ``rows``, ``\\n`` line ends.
+
+    Floats are written with ``repr`` so they read back bit-identical; NaN as ``nan``.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(header))
+    for row in rows:
+        writer.writerow([format_value(v) for v in row])
+    return write_text_atomic(path, buf.getvalue())
+
+
+def write_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
+    """Atomically write an uncompressed ``.npz`` of ``arrays`` (no object arrays)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if v.dtype == object:
+            raise ValueError(f"array {k!r} has dtype object; only numeric arrays can be saved")
+    return _write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Temporary files left in ``directory`` (and its ``checkpoint/``) by a killed writer."""
+    directory = Path(directory)
+    found = list(directory.glob(f"{_TMP_PREFIX}*"))
+    found += list((directory / CHECKPOINT_DIR).glob(f"{_TMP_PREFIX}*"))
+    return sorted(found)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Delete what :func:`stale_temp_files` finds; returns the deleted paths."""
+    removed = stale_temp_files(directory)
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        key = str(key)
+        if "/" in key:
+            raise ValueError(f"checkpoint key {key!r} must not contain '/'")
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def _corrupt_checkpoint(path: Path, why: str) -> CorruptRunError:
+    return CorruptRunError(
+        f"corrupt checkpoint {path}: {why}. Delete {path.parent} to resume from scratch, "
+        f"or pass --restart to retrain this run."
+    )
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    arrays: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save the training state of ``run_dir`` at progress ``step``.
+
+    Writes ``checkpoint/state-<step>.npz`` atomically, then ``checkpoint/meta.json`` (atomic)
+    holding the step, the npz file name, its sha256 and ``meta``; older npz files are deleted
+    last. A kill at any point leaves the previous checkpoint loadable.
+
+    Args:
+        run_dir: the run directory.
+        step: how far training got (env steps per seed, or an evaluation-window index;
+            returned as is by :func:`load_checkpoint`).
+        arrays: name -> array, or nested dicts of those (keys without ``/``), e.g. the
+            leaves of ``jax.tree_util.tree_flatten_with_path(state)`` keyed by path. Jax
+            arrays are converted with ``np.asarray``; typed PRNG keys must go through
+            ``jax.random.key_data`` first.
+        meta: JSON-serialisable extras (e.g. optimiser step, rng layout, tram version).
+
+    Returns:
+        The path of ``meta.json``.
+    """
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    flat = _flatten(arrays)
+    npz_name = f"state-{int(step):012d}.npz"
+    npz_path = write_npz_atomic(ckpt_dir / npz_name, **flat)
+    record = {
+        "format": 1,
+        "step": int(step),
+        "file": npz_name,
+        "sha256": _sha256_file(npz_path),
+        "keys": sorted(flat),
+        "meta": dict(meta or {}),
+    }
+    meta_path = write_json_atomic(ckpt_dir / CHECKPOINT_META, record)
+    for old in ckpt_dir.glob("state-*.npz"):
+        if old.name != npz_name:
+            old.unlink(missing_ok=True)
+    return meta_path
+
+
+def load_checkpoint(
+    run_dir: str | os.PathLike,
+) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+    """Load the latest checkpoint of ``run_dir``.
+
+    Returns:
+        ``(step, arrays, meta)`` with ``arrays`` shaped like what :func:`save_checkpoint`
+        got (nested dicts restored), or ``None`` when there is no checkpoint (an npz without
+        ``meta.json`` is an interrupted first save and counts as none).
+
+    Raises:
+        CorruptRunError: ``meta.json`` unreadable, npz missing, checksum mismatch or npz
+            unreadable. The message names the file and says to delete it or pass --restart.
+    """
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    meta_path = ckpt_dir / CHECKPOINT_META
+    if not meta_path.exists():
+        return None
+    try:
+        record = json.loads(meta_path.read_text(encoding="utf-8"))
+        step = int(record["step"])
+        npz_name = str(record["file"])
+        sha = str(record["sha256"])
+        keys = list(record["keys"])
+        meta = dict(record.get("meta", {}))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise _corrupt_checkpoint(meta_path, f"unreadable ({type(e).__name__}: {e})") from None
+    npz_path = ckpt_dir / npz_name
+    if Path(npz_name).name != npz_name or not npz_path.exists():
+        raise _corrupt_checkpoint(npz_path, f"missing (named by {meta_path.name})")
+    actual = _sha256_file(npz_path)
+    if actual != sha:
+        raise _corrupt_checkpoint(
+            npz_path, f"sha256 {actual[:12]}... does not match {sha[:12]}... in {meta_path.name}"
+        )
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:
+            flat = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise _corrupt_checkpoint(npz_path, f"unreadable ({type(e).__name__}: {e})") from None
+    if sorted(flat) != sorted(keys):
+        raise _corrupt_checkpoint(npz_path, f"holds keys {sorted(flat)}, expected {sorted(keys)}")
+    return step, _unflatten(flat), meta
+
+
+def remove_checkpoint(run_dir: str | os.PathLike) -> None:
+    """Remove ``checkpoint/`` of ``run_dir`` (after the run is done, or on --restart)."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    if not ckpt_dir.exists():
+        return
+    (ckpt_dir / CHECKPOINT_META).unlink(missing_ok=True)  # first, so a kill leaves "none"
+    for p in sorted(ckpt_dir.iterdir()):
+        p.unlink(missing_ok=True)
+    ckpt_dir.rmdir()
+
+
+# ----------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------
+
+
+def _empty_columns(columns: Iterable[str] = METRIC_COLUMNS) -> dict[str, np.ndarray]:
+    return {c: np.zeros(0, np.int64 if c in INT_COLUMNS else np.float64) for c in columns}
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read and validate ``metrics.csv``.
+
+    Returns:
+        Column name -> array ``[R]`` in :data:`METRIC_COLUMNS` order (int64 for ``seed`` and
+        ``env_steps``, float64 otherwise), rows sorted by ``(seed, env_steps)``. A missing
+        file gives empty columns.
+
+    Raises:
+        CorruptRunError: missing or extra columns, a line with the wrong number of fields, a
+            last line without its newline (a truncated write), an unparsable number, or a
+            repeated ``(seed, env_steps)``; the message names the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return _empty_columns()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptRunError(f"{path}: not UTF-8 text ({e})") from None
+    if not text:
+        raise CorruptRunError(f"{path}: empty file (expected a header line)")
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise CorruptRunError(
+            f"{path}, line {len(lines)}: truncated last line {lines[-1]!r} (no final newline); "
+            f"delete the run directory or pass --restart"
+        )
+    lines = lines[:-1]
+    header = next(csv.reader([lines[0]]))
+    missing = [c for c in METRIC_COLUMNS if c not in header]
+    extra = [c for c in header if c not in METRIC_COLUMNS]
+    if missing or extra or len(set(header)) != len(header):
+        raise CorruptRunError(
+            f"{path}, line 1: bad header; missing columns {missing}, unexpected columns {extra}"
+            f" (expected {', '.join(METRIC_COLUMNS)})"
+        )
+    values: dict[str, list] = {c: [] for c in header}
+    seen: dict[tuple[int, int], int] = {}
+    for lineno, fields in enumerate(csv.reader(lines[1:]), start=2):
+        if len(fields) != len(header):
+            raise CorruptRunError(
+                f"{path}, line {lineno}: {len(fields)} fields, expected {len(header)}"
+                f" (truncated or damaged); delete the run directory or pass --restart"
+            )
+        for col, field in zip(header, fields):
+            try:
+                values[col].append(int(field) if col in INT_COLUMNS else float(field))
+            except ValueError:
+                raise CorruptRunError(
+                    f"{path}, line {lineno}: column {col!r} value {field!r} is not "
+                    f"{'an integer' if col in INT_COLUMNS else 'a number'}"
+                ) from None
+        key = (values["seed"][-1], values["env_steps"][-1])
+        if key in seen:
+            raise CorruptRunError(
+                f"{path}, line {lineno}: seed {key[0]} at env_steps {key[1]} repeats line {seen[key]}"
+            )
+        seen[key] = lineno
+    cols = {
+        c: np.asarray(values[c], np.int64 if c in INT_COLUMNS else np.float64)
+        for c in METRIC_COLUMNS
+    }
+    order = np.lexsort((cols["env_steps"], cols["seed"]))
+    return {c: v[order] for c, v in cols.items()}
+
+
+class MetricsWriter:
+    """Appends evaluation rows to ``metrics.csv``, rewriting the whole file atomically.
+
+    The files are small (seeds x evaluations rows), so each append rewrites the file via
+    :func:`write_csv_atomic`; a kill never leaves a half-written line. Opening an existing
+    file validates and keeps its rows (resume).
+
+    Example::
+
+        writer = MetricsWriter(run_dir / "metrics.csv")
+        writer.truncate_after(checkpoint_step)     # on resume: drop rows newer than the state
+        writer.append_columns({"seed": seeds, "env_steps": [t] * S, "test_return": ret})
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        cols = read_metrics(self.path)
+        self._rows: list[tuple] = [
+            tuple(cols[c][i].item() for c in METRIC_COLUMNS) for i in range(len(cols["seed"]))
+        ]
+        self._keys = {(r[0], r[1]) for r in self._rows}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The rows written so far as columns (see :func:`read_metrics`)."""
+        if not self._rows:
+            return _empty_columns()
+        return {
+            c: np.asarray([r[i] for r in self._rows], np.int64 if c in INT_COLUMNS else np.float64)
+            for i, c in enumerate(METRIC_COLUMNS)
+        }
+
+    def _flush(self) -> None:
+        write_csv_atomic(self.path, METRIC_COLUMNS, self._rows)
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows (one mapping per seed) and rewrite the file.
+
+        Each row needs ``seed`` and ``env_steps``; other columns default to NaN; unknown keys
+        and an already written ``(seed, env_steps)`` raise ``ValueError``.
+        """
+        new = []
+        keys = set(self._keys)
+        for row in rows:
+            unknown = sorted(set(row) - set(METRIC_COLUMNS))
+            if unknown:
+                raise ValueError(f"unknown metric columns {unknown}; accepted: {', '.join(METRIC_COLUMNS)}")
+            if "seed" not in row or "env_steps" not in row:
+                raise ValueError(f"a metrics row needs 'seed' and 'env_steps', got keys {sorted(row)}")
+            values = tuple(
+                int(row[c]) if c in INT_COLUMNS else float(row.get(c, math.nan))
+                for c in METRIC_COLUMNS
+            )
+            if (values[0], values[1]) in keys:
+                raise ValueError(f"metrics for seed {values[0]} at env_steps {values[1]} already written")
+            keys.add((values[0], values[1]))
+            new.append(values)
+        if not new:
+            return
+        self._rows.extend(new)
+        self._keys = keys
+        self._flush()
+
+    def append_columns(self, columns: Mapping[str, Any]) -> None:
+        """Append rows given as columns of equal length ``[S]`` (e.g. vmapped over seeds)."""
+        arrays = {k: np.atleast_1d(np.asarray(v)) for k, v in columns.items()}
+        lengths = {k: v.shape for k, v in arrays.items()}
+        if len({s for s in lengths.values()}) > 1 or any(len(s) != 1 for s in lengths.values()):
+            raise ValueError(f"append_columns needs 1-D columns of equal length, got shapes {lengths}")
+        n = next(iter(arrays.values())).shape[0] if arrays else 0
+        self.append({k: v[i].item() for k, v in arrays.items()} for i in range(n))
+
+    def truncate_after(self, env_steps: int) -> int:
+        """Drop rows with ``env_steps`` greater than ``env_steps`` (evaluations done after
+        the checkpoint being resumed from); returns how many were dropped."""
+        keep = [r for r in self._rows if r[1] <= env_steps]
+        dropped = len(self._rows) - len(keep)
+        if dropped:
+            self._rows = keep
+            self._keys = {(r[0], r[1]) for r in keep}
+            self._flush()
+        return dropped
+
+
+# ----------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptRunError(
+            f"{path}: not valid JSON ({e}); delete the run directory or pass --restart"
+        ) from None
+
+
+def run_status(run_dir: str | os.PathLike) -> RunStatus:
+    """``"missing"`` (no ``config.json``), ``"done"`` (``summary.json`` with status done) or
+    ``"partial"`` (started, not finished).
+
+    Raises:
+        CorruptRunError: ``summary.json`` exists but is not valid JSON.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).exists():
+        return "missing"
+    summary_path = run_dir / SUMMARY_FILE
+    if summary_path.exists():
+        summary = _read_json(summary_path)
+        if isinstance(summary, dict) and summary.get("status") == "done":
+            return "done"
+    return "partial"
+
+
+def find_runs(root: str | os.PathLike) -> list[Path]:
+    """Run directories (those holding ``config.json``) under ``root``, recursively, sorted;
+    ``root`` itself counts if it is a run directory."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    found = {p.parent for p in root.rglob(CONFIG_FILE) if p.is_file()}
+    return sorted(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run directory, loaded and validated (see :func:`load_run`)."""
+
+    path: Path
+    config: dict[str, Any]
+    """The resolved config, as saved."""
+    metrics: dict[str, np.ndarray]
+    """Column -> ``[R]`` array, rows sorted by (seed, env_steps); see :data:`METRIC_COLUMNS`."""
+    summary: dict[str, Any] | None
+    """``summary.json`` or ``None`` if not written yet."""
+    attack_samples: dict[str, np.ndarray] | None
+    """``attack_samples.npz`` arrays or ``None``."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> RunStatus:
+        done = isinstance(self.summary, dict) and self.summary.get("status") == "done"
+        return "done" if done else "partial"
+
+    @property
+    def env(self) -> str:
+        return str(self.config["env"]["name"])
+
+    @property
+    def learner(self) -> str:
+        return str(self.config["learner"]["name"])
+
+    @property
+    def method(self) -> str:
+        return str(self.config["attack"]["method"])
+
+    @property
+    def f_a(self) -> float | None:
+        """Attack frequency, ``None`` for method ``none``."""
+        return None if self.method == "none" else float(self.config["attack"]["f_a"])
+
+    @property
+    def kl_u(self) -> float | None:
+        """KL upper bound, ``None`` for method ``none``."""
+        return None if self.method == "none" else float(self.config["attack"]["kl_u"])
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds present in ``metrics.csv``, sorted."""
+        return sorted(int(s) for s in np.unique(self.metrics["seed"]))
+
+    def seed_rows(self, seed: int) -> dict[str, np.ndarray]:
+        """The metric columns of one seed, sorted by env_steps."""
+        mask = self.metrics["seed"] == seed
+        return {c: v[mask] for c, v in self.metrics.items()}
+
+    def final(self, seed: int, metric: str) -> float:
+        """Final value of ``metric`` for ``seed``: ``summary["final"][seed][metric]`` when
+        present and finite, else the last evaluation row in ``metrics.csv`` (NaN if none)."""
+        final = (self.summary or {}).get("final") or {}
+        entry = final.get(str(seed), final.get(seed)) if isinstance(final, dict) else None
+        if isinstance(entry, dict) and metric in entry:
+            value = entry[metric]
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                return float(value)
+        rows = self.seed_rows(seed)[metric]
+        return float(rows[-1]) if len(rows) else math.nan
+
+
+def _load_samples(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise CorruptRunError(f"{path}: unreadable npz ({type(e).__name__}: {e})") from None
+    missing = [k for k in SAMPLE_ARRAYS if k not in arrays]
+    if missing:
+        raise CorruptRunError(f"{path}: missing arrays {missing} (expected {', '.join(SAMPLE_ARRAYS)})")
+    pi = arrays["pi"]
+    if pi.ndim != 2:
+        raise CorruptRunError(f"{path}: pi must be [K, A], got shape {pi.shape}")
+    k = pi.shape[0]
+    for name in ("delta_hat", "avail"):
+        if arrays[name].shape != pi.shape:
+            raise CorruptRunError(f"{path}: {name} has shape {arrays[name].shape}, pi has {pi.shape}")
+    for name in ("env_steps", "seed"):
+        if arrays[name].shape != (k,):
+            raise CorruptRunError(f"{path}: {name} has shape {arrays[name].shape}, expected ({k},)")
+    return arrays
+
+
+def _check_aligned(metrics: dict[str, np.ndarray], path: Path) -> None:
+    """Seeds run in one vmapped program, so each seed's env_steps must be a prefix of the
+    longest seed's (a partial run may stop mid-evaluation, nothing else)."""
+    steps = [metrics["env_steps"][metrics["seed"] == s] for s in np.unique(metrics["seed"])]
+    if not steps:
+        return
+    longest = max(steps, key=len)
+    for s, seed_steps in zip(np.unique(metrics["seed"]), steps):
+        if not np.array_equal(seed_steps, longest[: len(seed_steps)]):
+            raise CorruptRunError(
+                f"{path}: seed {int(s)} is evaluated at env_steps {seed_steps.tolist()[:6]}..., "
+                f"other seeds at {longest.tolist()[:6]}...; all seeds must share evaluation steps"
+            )
+
+
+_REQUIRED_CONFIG = (("env", "name"), ("learner", "name"), ("attack", "method"), ("run", "steps"))
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Load and validate a run directory (finished or partial).
+
+    Raises:
+        CorruptRunError: no or invalid ``config.json`` (or one lacking env.name,
+            learner.name, attack.method, run.steps), a damaged ``metrics.csv`` (see
+            :func:`read_metrics`), invalid ``summary.json`` or ``attack_samples.npz``.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.exists():
+        raise CorruptRunError(f"{config_path}: missing; {run_dir} is not a run directory")
+    config = _read_json(config_path)
+    for section, key in _REQUIRED_CONFIG:
+        part = config.get(section) if isinstance(config, dict) else None
+        if not isinstance(part, dict) or key not in part:
+            raise CorruptRunError(f"{config_path}: missing key {section}.{key}")
+    if config["attack"]["method"] != "none":
+        for key in ("f_a", "kl_u"):
+            if key not in config["attack"]:
+                raise CorruptRunError(f"{config_path}: missing key attack.{key}")
+    metrics = read_metrics(run_dir / METRICS_FILE)
+    seeds = config["run"].get("seeds")
+    if seeds is not None:
+        unexpected = sorted(set(metrics["seed"].tolist()) - {int(s) for s in seeds})
+        if unexpected:
+            raise CorruptRunError(
+                f"{run_dir / METRICS_FILE}: seeds {unexpected} are not in run.seeds {list(seeds)}"
+            )
+    _check_aligned(metrics, run_dir / METRICS_FILE)
+    summary_path = run_dir / SUMMARY_FILE
+    summary = _read_json(summary_path) if summary_path.exists() else None
+    if summary is not None and not isinstance(summary, dict):
+        raise CorruptRunError(f"{summary_path}: expected a JSON object")
+    samples_path = run_dir / SAMPLES_FILE
+    samples = _load_samples(samples_path) if samples_path.exists() else None
+    return Run(path=run_dir, config=config, metrics=metrics, summary=summary, attack_samples=samples)

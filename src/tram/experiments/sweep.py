@@ -1,0 +1,224 @@
+"""Sweeps: a grid of (environment, learner, attack method, f_A, KL_U) cells, every seed of a
+cell trained together in one program, run in-process (default) or as Ray tasks.
+
+A sweep file (YAML) holds these keys (lists may be scalars)::
+
+    envs: [3m, 2s3z]            # required
+    learners: [dop]             # default [dop]
+    methods: [none, random, jbased, var]   # default: all four
+    f_a: [1.0]                  # default [1.0]; ignored for method none
+    kl_u: [6.0]                 # default [6.0]; ignored for method none
+    seeds: 5                    # a count (seeds 0..4) or a list of seeds
+    steps: 2e6
+    eval_interval: 10000
+    test_episodes: 32
+    attacked_agent: 0           # index or unit type, or a map env -> agent
+    set: {learner.critic_lr: 1e-4}   # any TrainConfig field, as `tram train --set`
+
+A clean cell (method ``none``) does not depend on f_A or KL_U, so the grid holds it once
+per (env, learner). Finished cells are skipped (the run store knows them), a failing cell
+is reported and the sweep goes on, and the failures are listed at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tram.config import TrainConfig
+
+SWEEP_KEYS = {
+    "envs": "list of environment names (see `tram envs`)",
+    "learners": "list of learners: dop, coma",
+    "methods": "list of attack methods: none, random, var, jbased",
+    "f_a": "list of attack frequencies in [0, 1]",
+    "kl_u": "list of KL budgets >= 0",
+    "seeds": "a seed count or a list of seeds",
+    "steps": "env steps per seed, e.g. 2e6",
+    "eval_interval": "env steps between evaluations",
+    "test_episodes": "greedy test episodes per evaluation",
+    "attacked_agent": "index or unit type, or a map env -> agent",
+    "set": "map of section.field -> value overrides",
+}
+DEFAULT_METHODS = ("none", "random", "jbased", "var")
+
+
+class SweepError(ValueError):
+    """A sweep file or grid is invalid; the message names the key and what is accepted."""
+
+
+def _as_list(value, key: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise SweepError(f"sweep key {key!r} is an empty list; give at least one value ({SWEEP_KEYS[key]})")
+        return list(value)
+    return [value]
+
+
+def _number(value, key: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SweepError(f"sweep key {key!r}: {value!r} is not a number ({SWEEP_KEYS[key]})") from None
+
+
+def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
+    """Expands a sweep spec (the parsed YAML) into validated, de-duplicated configs."""
+    from tram.cli import apply_overrides
+    from tram.config import EnvConfig, RunConfig
+    from tram.attacks.perturb import AttackConfig
+    from tram.learners import LEARNER_CONFIGS
+
+    if not isinstance(spec, dict):
+        raise SweepError(f"a sweep file must be a mapping of keys ({', '.join(SWEEP_KEYS)}), got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown:
+        raise SweepError(f"unknown sweep key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(SWEEP_KEYS)}")
+    if "envs" not in spec:
+        raise SweepError(f"sweep key 'envs' is required ({SWEEP_KEYS['envs']})")
+    envs = [str(e) for e in _as_list(spec["envs"], "envs")]
+    learners = [str(x) for x in _as_list(spec.get("learners", ["dop"]), "learners")]
+    methods = [str(x) for x in _as_list(spec.get("methods", list(DEFAULT_METHODS)), "methods")]
+    f_as = [_number(x, "f_a") for x in _as_list(spec.get("f_a", [1.0]), "f_a")]
+    kl_us = [_number(x, "kl_u") for x in _as_list(spec.get("kl_u", [6.0]), "kl_u")]
+    seeds = spec.get("seeds", 5)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = tuple(range(seeds))
+    elif isinstance(seeds, (list, tuple)):
+        seeds = tuple(seeds)
+    else:
+        raise SweepError(f"sweep key 'seeds': {seeds!r} is not {SWEEP_KEYS['seeds']}")
+    steps = _number(spec.get("steps", 2e6), "steps")
+    if steps < 1 or steps != int(steps):
+        raise SweepError(f"sweep key 'steps': {spec.get('steps')!r} must be a whole number >= 1")
+    agent_spec = spec.get("attacked_agent", 0)
+    overrides = spec.get("set", {}) or {}
+    if not isinstance(overrides, dict):
+        raise SweepError(f"sweep key 'set': must be a map ({SWEEP_KEYS['set']}), got {overrides!r}")
+    for name in learners:
+        if name not in LEARNER_CONFIGS:
+            raise SweepError(f"sweep key 'learners': {name!r} is unknown; accepted: {', '.join(LEARNER_CONFIGS)}")
+
+    configs: list[TrainConfig] = []
+    seen = set()
+    for env, learner, method, f_a, kl_u in itertools.product(envs, learners, methods, f_as, kl_us):
+        if method == "none":
+            f_a, kl_u = 1.0, 6.0
+        agent = agent_spec.get(env, 0) if isinstance(agent_spec, dict) else agent_spec
+        try:
+            base = TrainConfig(
+                env=EnvConfig(name=env),
+                learner=LEARNER_CONFIGS[learner](),
+                attack=AttackConfig(method=method, f_a=f_a, kl_u=kl_u, agent=agent),
+                run=RunConfig(steps=int(steps), seeds=seeds, eval_interval=int(spec.get("eval_interval", 10_000)),
+                              test_episodes=int(spec.get("test_episodes", 32))),
+            )
+            cfg = TrainConfig.from_dict(apply_overrides(base.to_dict(), [f"{k}={v!r}" for k, v in overrides.items()]))
+        except Exception as e:  # noqa: BLE001 - re-raised with the cell named
+            raise SweepError(f"sweep cell (env={env}, learner={learner}, method={method}, f_a={f_a}, "
+                             f"kl_u={kl_u}): {e}") from None
+        key = cfg.to_json()
+        if key not in seen:
+            seen.add(key)
+            configs.append(cfg)
+    return configs
+
+
+def load_sweep(path: str | Path) -> list[TrainConfig]:
+    """Reads a sweep YAML file and expands it (see the module docstring)."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"sweep file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise SweepError(f"sweep file {path} is not valid YAML: {e}") from None
+    return expand_grid(spec)
+
+
+@dataclass
+class CellResult:
+    config: TrainConfig
+    run_dir: str | None
+    error: str | None
+
+
+def _cell_label(cfg: TrainConfig) -> str:
+    a = cfg.attack
+    att = "clean" if a.method == "none" else f"{a.method} fA={a.f_a:g} KL={a.kl_u:g}"
+    return f"{cfg.env.name}/{cfg.learner.name}/{att}"
+
+
+def _run_local(cfg_dict: dict, out: str) -> str:
+    from tram.experiments.runner import train
+
+    return str(train(TrainConfig.from_dict(cfg_dict), out, progress=False, log=lambda *_: None))
+
+
+def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local", address: str | None = None,
+              log: Callable[[str], None] = print) -> list[CellResult]:
+    """Runs every cell (skipping finished ones), never stopping at a failure.
+
+    Args:
+        backend: ``local`` (in-process, one cell after another) or ``ray`` (one Ray task
+            per cell on a local or existing cluster at ``address``).
+
+    Returns:
+        One :class:`CellResult` per cell; failures carry the error text.
+    """
+    from tram.experiments import store
+
+    if backend not in ("local", "ray"):
+        raise SweepError(f"--backend must be local or ray, got {backend!r}")
+    out = str(out)
+    results: list[CellResult] = []
+    todo = []
+    for cfg in configs:
+        run_dir = Path(out) / store.run_name(cfg.to_dict())
+        if store.run_status(run_dir) == "done":
+            log(f"[skip] {_cell_label(cfg)}: finished ({run_dir})")
+            results.append(CellResult(cfg, str(run_dir), None))
+        else:
+            todo.append(cfg)
+    log(f"sweep: {len(configs)} cell(s), {len(configs) - len(todo)} already done, {len(todo)} to run ({backend})")
+    if backend == "local":
+        for i, cfg in enumerate(todo):
+            log(f"[{i + 1}/{len(todo)}] {_cell_label(cfg)}")
+            try:
+                results.append(CellResult(cfg, _run_local(cfg.to_dict(), out), None))
+            except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
+                log(f"[fail] {_cell_label(cfg)}: {type(e).__name__}: {e}")
+                results.append(CellResult(cfg, None, "".join(traceback.format_exception_only(type(e), e)).strip()))
+    else:
+        import ray
+
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                 include_dashboard=False, configure_logging=False)
+        remote = ray.remote(num_cpus=1)(_run_local)
+        futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve())): cfg for cfg in todo}
+        pending = list(futures)
+        done_count = 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            cfg = futures[ready[0]]
+            done_count += 1
+            try:
+                run_dir = ray.get(ready[0])
+                log(f"[{done_count}/{len(todo)}] done {_cell_label(cfg)}")
+                results.append(CellResult(cfg, run_dir, None))
+            except Exception as e:  # noqa: BLE001
+                log(f"[{done_count}/{len(todo)}] FAILED {_cell_label(cfg)}: {e}")
+                results.append(CellResult(cfg, None, str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)))
+    failures = [r for r in results if r.error]
+    if failures:
+        log(f"sweep finished with {len(failures)} failure(s):")
+        for r in failures:
+            log(f"  {_cell_label(r.config)}: {r.error}")
+    else:
+        log(f"sweep finished: {len(results)} cell(s) done")
+    return results

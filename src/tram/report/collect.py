@@ -1,0 +1,207 @@
+"""Load a run store for reporting: one :class:`~tram.experiments.store.Run` per
+(environment, learner, attack method, f_A, KL_U), plus naming, ordering and colours."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tram.experiments.store import CorruptRunError, Run, find_runs, load_run
+from tram.report.stats import curve_with_ci
+
+Family = Literal["smax", "grid"]
+
+METHOD_ORDER: tuple[str, ...] = ("none", "random", "jbased", "var")
+"""Legend order of attack methods."""
+ATTACK_METHODS: tuple[str, ...] = ("var", "jbased", "random")
+"""Attacked methods in the row order of the paper's Tables 1-3."""
+METHOD_LABELS: dict[str, str] = {
+    "none": "Clean (none)",
+    "random": "Random",
+    "jbased": "J-based TRAM",
+    "var": "Var-based TRAM",
+}
+METHOD_COLORS: dict[str, str] = {
+    "none": "#404040",
+    "random": "#2ca02c",
+    "jbased": "#1f77b4",
+    "var": "#d62728",
+}
+PAPER_ENV_ORDER: tuple[str, ...] = (
+    "3m", "6m", "2s3z", "2s_vs_1sc", "1c3s5z", "3s5z", "10m_vs_11m", "15m", "20m",
+    "spread", "gather", "formation",
+)
+"""Environments in the paper's order (Fig. 2, App. D, Fig. 3); others follow by name."""
+PRIMARY_METRIC: dict[str, str] = {"smax": "test_win_rate", "grid": "test_return"}
+"""The curve / final-table metric per environment family."""
+METRIC_LABELS: dict[str, str] = {
+    "test_win_rate": "test win rate",
+    "test_return": "test return",
+    "stealth_loglik": "stealth log likelihood",
+}
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def method_color(method: str) -> str:
+    return METHOD_COLORS.get(method, "#9467bd")
+
+
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def env_sort_key(env: str) -> tuple[int, str]:
+    return (PAPER_ENV_ORDER.index(env), "") if env in PAPER_ENV_ORDER else (len(PAPER_ENV_ORDER), env)
+
+
+def fmt_num(x: float | None) -> str:
+    """Short spelling of a budget value: ``1.0 -> "1"``, ``0.4 -> "0.4"``, None -> "-"."""
+    return "-" if x is None else f"{x:g}"
+
+
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """What a report distinguishes runs by. ``f_a``/``kl_u`` are ``None`` for method none."""
+
+    env: str
+    learner: str
+    method: str
+    f_a: float | None
+    kl_u: float | None
+
+    @classmethod
+    def of(cls, run: Run) -> "RunKey":
+        return cls(run.env, run.learner, run.method, run.f_a, run.kl_u)
+
+    @property
+    def algo_name(self) -> str:
+        """Algorithm name for exports: ``dop_none`` or ``dop_var_fa1_kl6``."""
+        if self.method == "none":
+            return f"{self.learner}_none"
+        return f"{self.learner}_{self.method}_fa{fmt_num(self.f_a)}_kl{fmt_num(self.kl_u)}"
+
+
+def _sort_key(key: RunKey) -> tuple:
+    return (
+        key.learner,
+        env_sort_key(key.env),
+        method_rank(key.method),
+        -1.0 if key.f_a is None else key.f_a,
+        -1.0 if key.kl_u is None else key.kl_u,
+    )
+
+
+@dataclass
+class Store:
+    """The runs a report uses, keyed by :class:`RunKey`, and notes on what was left out."""
+
+    runs: dict[RunKey, Run] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def keys(self) -> list[RunKey]:
+        return sorted(self.runs, key=_sort_key)
+
+    def learners(self) -> list[str]:
+        return sorted({k.learner for k in self.runs})
+
+    def envs(self, learner: str | None = None) -> list[str]:
+        return sorted(
+            {k.env for k in self.runs if learner is None or k.learner == learner}, key=env_sort_key
+        )
+
+    def get(self, env: str, learner: str, method: str, f_a: float | None = None,
+            kl_u: float | None = None) -> Run | None:
+        if method == "none":
+            f_a = kl_u = None
+        return self.runs.get(RunKey(env, learner, method, f_a, kl_u))
+
+    def family(self, env: str) -> Family:
+        """``"smax"`` when any run on ``env`` reports a finite win rate, else ``"grid"``."""
+        for key, run in self.runs.items():
+            if key.env == env and np.isfinite(run.metrics["test_win_rate"]).any():
+                return "smax"
+        return "grid"
+
+
+def _preference(run: Run) -> tuple:
+    return (run.status == "done", int(run.config["run"]["steps"]), len(run.seeds))
+
+
+def collect_runs(
+    root: Path, include_partial: bool = False, log: Callable[[str], None] | None = None
+) -> Store:
+    """Load every run under ``root``; corrupt runs and (by default) partial runs are left out
+    with a note, and when several runs share a :class:`RunKey` the finished one with the most
+    env steps, then seeds, then the first by name is kept (also noted)."""
+    store = Store()
+
+    def note(message: str) -> None:
+        store.notes.append(message)
+        if log is not None:
+            log(message)
+
+    candidates: dict[RunKey, list[Run]] = {}
+    for path in find_runs(root):
+        try:
+            run = load_run(path)
+        except CorruptRunError as e:
+            note(f"skipped corrupt run {path.name}: {e}")
+            continue
+        if run.status != "done" and not include_partial:
+            note(f"skipped unfinished run {path.name} (pass include_partial to report it)")
+            continue
+        if len(run.seeds) == 0:
+            note(f"skipped run {path.name}: no evaluation rows yet")
+            continue
+        candidates.setdefault(RunKey.of(run), []).append(run)
+    for key in sorted(candidates, key=_sort_key):
+        runs = sorted(candidates[key], key=lambda r: r.name)
+        best = max(runs, key=_preference)  # max keeps the first of equals
+        if len(runs) > 1:
+            others = ", ".join(r.name for r in runs if r is not best)
+            note(f"several runs for {key.algo_name} on {key.env}: using {best.name}, ignoring {others}")
+        store.runs[key] = best
+    return store
+
+
+def run_curve(
+    run: Run, metric: str, n_boot: int = 2000, ci: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(env_steps, mean, lo, hi)`` of ``metric`` over the run's seeds (bootstrap band;
+    ragged seeds are cut to their common prefix)."""
+    xs, ys = [], []
+    for seed in run.seeds:
+        rows = run.seed_rows(seed)
+        xs.append(rows["env_steps"])
+        ys.append(rows[metric])
+    return curve_with_ci(xs, ys, stat="mean", n_boot=n_boot, ci=ci)
+
+
+def finite_seed_means(run: Run, metric: str) -> np.ndarray:
+    """Per seed, the mean of ``metric`` over all its evaluation rows (NaN rows ignored);
+    seeds with no finite value are dropped. Returns ``[S']``."""
+    out = []
+    for seed in run.seeds:
+        v = run.seed_rows(seed)[metric]
+        v = v[np.isfinite(v)]
+        if v.size:
+            out.append(float(v.mean()))
+    return np.asarray(out, dtype=np.float64)
+
+
+def final_values(run: Run, metric: str) -> np.ndarray:
+    """``[S']`` final ``metric`` per seed (:meth:`Run.final`), non-finite values dropped."""
+    vals = [run.final(seed, metric) for seed in run.seeds]
+    return np.asarray([v for v in vals if math.isfinite(v)], dtype=np.float64)
+
+
+def sorted_values(values: Iterable[float]) -> list[float]:
+    return sorted(set(values))

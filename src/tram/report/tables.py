@@ -1,0 +1,220 @@
+"""Tables from the run store: the paper's Tables 1-3 (stealth log likelihood) and a
+final-performance table with bootstrap CIs, each as Markdown, CSV and LaTeX.
+
+Stealth cell value: for each seed, the mean of ``stealth_loglik`` over all evaluation windows
+of the run (NaN windows, e.g. the step-0 evaluation, ignored); then the mean over seeds. The
+paper reports one number per map, method and budget, which this matches.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from tram.experiments.store import format_value, write_text_atomic
+from tram.report.collect import (
+    ATTACK_METHODS,
+    METRIC_LABELS,
+    PRIMARY_METRIC,
+    Store,
+    final_values,
+    finite_seed_means,
+    fmt_num,
+    method_label,
+    sorted_values,
+)
+from tram.report.stats import bootstrap_ci
+
+STEALTH_METRIC = "stealth_loglik"
+
+
+@dataclass
+class Table:
+    """A table in two spellings: raw values for CSV, formatted strings for Markdown/LaTeX."""
+
+    stem: str
+    caption: str
+    headers: list[str]
+    rows: list[list]
+    """Raw cells (str, int, float or None) written to CSV."""
+    display_headers: list[str] | None = None
+    display_rows: list[list[str]] | None = None
+    """Formatted cells for Markdown and LaTeX; default: rows with floats at 2 decimals."""
+    notes: list[str] = field(default_factory=list)
+
+
+def _display(cell) -> str:
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return "-"
+    if isinstance(cell, float):
+        return f"{cell:.2f}"
+    return str(cell)
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+        text = text.replace(a, b)
+    return text
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """Write ``stem.md``, ``stem.csv`` and ``stem.tex`` into ``out_dir``; returns the paths."""
+    headers = table.display_headers or table.headers
+    rows = table.display_rows or [[_display(c) for c in r] for r in table.rows]
+    notes = "".join(f"\n{n}\n" for n in table.notes)
+    md = f"{table.caption}\n\n{tabulate(rows, headers, tablefmt='github', disable_numparse=True)}\n{notes}"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.headers)
+    for r in table.rows:
+        writer.writerow(["" if c is None else format_value(c) for c in r])
+    body = tabulate(rows, headers, tablefmt="latex_booktabs", disable_numparse=True)
+    tex = (
+        "\\begin{table}[t]\n\\centering\n"
+        f"\\caption{{{_latex_escape(table.caption)}}}\n"
+        f"\\label{{tab:{table.stem.replace('_', '-')}}}\n"
+        f"{body}\n\\end{{table}}\n"
+    )
+    return [
+        write_text_atomic(out_dir / f"{table.stem}.md", md),
+        write_text_atomic(out_dir / f"{table.stem}.csv", buf.getvalue()),
+        write_text_atomic(out_dir / f"{table.stem}.tex", tex),
+    ]
+
+
+def stealth_value(store: Store, env: str, learner: str, method: str, f_a: float, kl_u: float) -> float | None:
+    """Mean over seeds of the per-seed mean ``stealth_loglik`` over evaluation windows;
+    ``None`` when the run is missing or has no finite value."""
+    run = store.get(env, learner, method, f_a, kl_u)
+    if run is None:
+        return None
+    per_seed = finite_seed_means(run, STEALTH_METRIC)
+    return float(per_seed.mean()) if per_seed.size else None
+
+
+def stealth_table(
+    store: Store,
+    learner: str,
+    number: int,
+    vary: str | None,
+    values: Sequence[float] | None,
+    f_a: float,
+    kl_u: float,
+) -> tuple[Table | None, list[str]]:
+    """Table 1 (``vary=None``: one column per map at ``f_a``, ``kl_u``), Table 2
+    (``vary="f_a"`` at ``kl_u``) or Table 3 (``vary="kl_u"`` at ``f_a``); rows are the
+    attacked methods (var, J, random) as in the paper.
+
+    A map is included only when every method has a run with a stealth value at every
+    column value; maps with gaps are left out and listed. ``values=None`` uses the values
+    found in the store for each map (a map qualifies when at least two are found); otherwise
+    exactly ``values``.
+
+    Returns:
+        ``(table or None, messages)``; ``None`` when no map is complete, with messages that
+        list what is missing.
+    """
+    name = f"Table {number}"
+    symbol = {"f_a": "f_A", "kl_u": "KL_U"}
+    attacked = [k for k in store.keys() if k.learner == learner and k.method in ATTACK_METHODS]
+    envs = [e for e in store.envs(learner) if any(k.env == e for k in attacked)]
+    if vary is None:
+        cols_by_env = {e: [(f_a, kl_u)] for e in envs}
+        what = f"f_A={fmt_num(f_a)}, KL_U={fmt_num(kl_u)}"
+    else:
+        fixed_name = "kl_u" if vary == "f_a" else "f_a"
+        fixed = kl_u if vary == "f_a" else f_a
+        what = f"{symbol[vary]} varying, {symbol[fixed_name]}={fmt_num(fixed)}"
+        cols_by_env = {}
+        for e in envs:
+            found = sorted_values(
+                getattr(k, vary) for k in attacked if k.env == e and getattr(k, fixed_name) == fixed
+            )
+            vals = sorted(values) if values is not None else found
+            if values is None and len(found) < 2:
+                continue
+            cols_by_env[e] = [(v, fixed) if vary == "f_a" else (fixed, v) for v in vals]
+    messages: list[str] = []
+    if not cols_by_env:
+        have = ", ".join(envs) or "none"
+        need = "" if vary is None else f" at two or more values of {symbol[vary]}"
+        messages.append(
+            f"{name} ({learner}) skipped: needs var, jbased and random runs{need} ({what}) "
+            f"on some map; maps with attacked runs: {have}"
+        )
+        return None, messages
+    complete: dict[str, list[float]] = {}
+    for env, cols in cols_by_env.items():
+        missing, cells = [], []
+        for method in ATTACK_METHODS:
+            for fa, kl in cols:
+                v = stealth_value(store, env, learner, method, fa, kl)
+                if v is None:
+                    missing.append(f"{method} f_A={fmt_num(fa)} KL_U={fmt_num(kl)}")
+                cells.append(v)
+        if missing:
+            messages.append(f"{name} ({learner}): map {env} left out, missing {'; '.join(missing)}")
+        else:
+            complete[env] = cells
+    if not complete:
+        messages.insert(0, f"{name} ({learner}) skipped: no map has every run it needs ({what})")
+        return None, messages
+    headers = ["method"]
+    for env in complete:
+        for fa, kl in cols_by_env[env]:
+            value = fa if vary == "f_a" else kl
+            headers.append(env if vary is None else f"{env} {symbol[vary]}={fmt_num(value)}")
+    rows = []
+    for m_i, method in enumerate(ATTACK_METHODS):
+        row: list = [method_label(method)]
+        for env, cells in complete.items():
+            n = len(cols_by_env[env])
+            row += cells[m_i * n:(m_i + 1) * n]
+        rows.append(row)
+    caption = (
+        f"Table {number}: stealth log likelihood of being attacked (Eq. 3), {learner.upper()}, {what}. "
+        "Mean over seeds of each seed's mean over all evaluation windows; smaller means a more "
+        "salient attack."
+    )
+    stem = f"table{number}_stealth_{learner}"
+    return Table(stem=stem, caption=caption, headers=headers, rows=rows, notes=list(messages)), messages
+
+
+def final_table(store: Store, n_boot: int = 2000, ci: float = 0.95) -> Table:
+    """Final performance per (env, learner, method, f_A, KL_U): mean and IQM over seeds of
+    the final test win rate (SMAX) or test return (grid tasks), each with a 95% percentile
+    bootstrap CI. Final values come from ``summary.json`` (else the last evaluation)."""
+    headers = ["env", "learner", "method", "f_A", "KL_U", "metric", "seeds",
+               "mean", "mean_lo", "mean_hi", "iqm", "iqm_lo", "iqm_hi"]
+    display_headers = ["env", "learner", "method", "f_A", "KL_U", "metric", "seeds",
+                       f"mean [{100 * ci:g}% CI]", f"IQM [{100 * ci:g}% CI]"]
+    rows, display_rows = [], []
+    for key in store.keys():
+        run = store.runs[key]
+        metric = PRIMARY_METRIC[store.family(key.env)]
+        vals = final_values(run, metric)
+        if vals.size:
+            mean = bootstrap_ci(vals, "mean", n_boot=n_boot, ci=ci)
+            q = bootstrap_ci(vals, "iqm", n_boot=n_boot, ci=ci)
+        else:
+            mean = q = (math.nan,) * 3
+        base = [key.env, key.learner, method_label(key.method), fmt_num(key.f_a), fmt_num(key.kl_u),
+                METRIC_LABELS[metric], int(vals.size)]
+        rows.append(base + [*mean, *q])
+        display_rows.append(
+            [str(c) for c in base]
+            + [f"{_display(p)} [{_display(lo)}, {_display(hi)}]" for p, lo, hi in (mean, q)]
+        )
+    caption = (
+        f"Final performance over seeds: mean and interquartile mean (IQM) with {100 * ci:g}% "
+        f"percentile-bootstrap CIs ({n_boot} resamples); test win rate on SMAX maps, "
+        "test return on grid tasks."
+    )
+    return Table(stem="final_performance", caption=caption, headers=headers, rows=rows,
+                 display_headers=display_headers, display_rows=display_rows)

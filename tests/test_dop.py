@@ -1,0 +1,162 @@
+"""DOP: mixer, critic inputs, masks and the actor loss against hand-computed numbers; the
+compiled program: determinism, one seed inside a vmapped batch equals the seed alone, an
+identity perturbation equals no attack."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tram.config import EnvConfig, RunConfig, TrainConfig
+from tram.learners import dop
+from tram.learners.actor import floored_policy
+from tram.learners.episodes import Episodes, loss_mask
+
+
+def test_mixer_weights_by_hand():
+    # N = 2 agents, embed 2, state dim 1: W1(s) = |s * a + b| reshaped [N, E], Wf(s) = |s * c + d|.
+    mixer = dop.DOPMixer(num_agents=2, embed=2)
+    params = {"params": {
+        "hyper_w_1": {"Dense_0": {"kernel": jnp.array([[1.0, -2.0, 3.0, 0.5]]), "bias": jnp.array([0.0, 0.0, -1.0, 0.0])}},
+        "hyper_w_final": {"Dense_0": {"kernel": jnp.array([[2.0, -1.0]]), "bias": jnp.array([0.0, 0.0])}},
+    }}
+    s = jnp.array([[2.0]])
+    # W1 = |[2, -4, 5, 1]| = [[2, 4], [5, 1]]; Wf = |[4, -2]| = [4, 2]
+    # k_raw = [2*4 + 4*2, 5*4 + 1*2] = [16, 22]; k = [16/38, 22/38]
+    k = mixer.apply(params, s)
+    np.testing.assert_allclose(np.asarray(k[0]), [16 / 38, 22 / 38], rtol=1e-6)
+    q_tot = dop.mix(dop.DOPNets(None, None, mixer), {"mixer": params}, jnp.array([[1.0, -2.0]]), s)
+    np.testing.assert_allclose(float(q_tot[0]), 16 / 38 - 2 * 22 / 38, rtol=1e-6)
+
+
+def test_critic_inputs_order():
+    state = jnp.array([7.0, 8.0])
+    obs = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    x = dop.critic_inputs(state, obs)
+    np.testing.assert_array_equal(np.asarray(x), [[7, 8, 1, 2, 3, 1, 0], [7, 8, 4, 5, 6, 0, 1]])
+
+
+def test_loss_mask_terminated_vs_padding():
+    # Episode of length 3 that terminated at step 2, padded to T = 5 (6 slots).
+    filled = jnp.array([1, 1, 1, 0, 0, 0], bool)
+    term = jnp.array([0, 0, 1, 0, 0, 0], bool)
+    np.testing.assert_array_equal(np.asarray(loss_mask(filled, term)), [1, 1, 1, 0, 0])
+    # A spurious filled slot after termination is masked by the terminated rule.
+    filled2 = jnp.array([1, 1, 1, 1, 0, 0], bool)
+    np.testing.assert_array_equal(np.asarray(loss_mask(filled2, term)), [1, 1, 1, 0, 0])
+
+
+def test_floored_policy_spreads_epsilon_over_all_actions():
+    logits = jnp.zeros(4)
+    avail = jnp.array([True, True, False, False])
+    p = floored_policy(logits, avail, 0.2)
+    # softmax = 1/4 each; floored = 0.8/4 + 0.2/4 = 0.25 each; masked & renormalised -> 1/2.
+    np.testing.assert_allclose(np.asarray(p), [0.5, 0.5, 0, 0], rtol=1e-6)
+    logits = jnp.array([math.log(3.0), 0.0, 0.0, 0.0])
+    p = floored_policy(logits, avail, 0.5)
+    # softmax = [1/2, 1/6, 1/6, 1/6]; floored = [0.25 + 0.125, 1/12 + 0.125, ...]
+    a0, a1 = 0.25 + 0.125, 1 / 12 + 0.125
+    np.testing.assert_allclose(np.asarray(p), [a0 / (a0 + a1), a1 / (a0 + a1), 0, 0], rtol=1e-6)
+
+
+def _tiny_episodes(key, e=2, t=4, n=2, d=3, s=2, a=3):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    filled = jnp.array([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], bool)
+    term = jnp.array([[0, 0, 0, 0, 0], [0, 1, 0, 0, 0]], bool)
+    avail = jax.random.bernoulli(k3, 0.7, (e, t + 1, n, a)).at[..., 0].set(True)
+    return Episodes(
+        obs=jax.random.normal(k1, (e, t + 1, n, d)),
+        state=jax.random.normal(k2, (e, t + 1, s)),
+        avail=avail,
+        actions=jnp.argmax(jnp.where(avail, jax.random.uniform(k4, avail.shape), -1.0), axis=-1).astype(jnp.int32),
+        reward=jnp.ones((e, t + 1)),
+        terminated=term,
+        filled=filled,
+    )
+
+
+def test_actor_loss_matches_direct_computation():
+    cfg = dop.DOPConfig(rnn_hidden=8, critic_hidden=16, mixing_embed=4)
+    nets = dop.make_nets(cfg, num_agents=2, num_actions=3)
+    ep = _tiny_episodes(jax.random.PRNGKey(0))
+
+    class Spec:
+        num_agents, num_actions, obs_dim, state_dim, episode_limit = 2, 3, 3, 2, 4
+
+    _, st = dop.init_state(cfg, Spec, jax.random.PRNGKey(1))
+    eps = 0.3
+    loss = float(dop.actor_loss(st.actor_params, nets, st.critic_params, ep, eps))
+
+    pi = np.asarray(dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps))
+    q = np.asarray(dop.q_values(nets, st.critic_params, ep.state, ep.obs))
+    k = np.asarray(nets.mixer.apply(st.critic_params["mixer"], ep.state))
+    mask = np.asarray(loss_mask(ep.filled, ep.terminated))
+    acts = np.asarray(ep.actions)
+    num, den = 0.0, 0.0
+    for b in range(2):
+        for t in range(4):
+            for i in range(2):
+                if mask[b, t] == 0:
+                    continue
+                base = float(np.sum(pi[b, t, i] * q[b, t, i]))
+                adv = q[b, t, i, acts[b, t, i]] - base
+                num += k[b, t, i] * adv * math.log(pi[b, t, i, acts[b, t, i]])
+                den += 1.0
+    np.testing.assert_allclose(loss, -num / den, rtol=1e-5)
+
+
+def _config(method="none", seeds=(0,), steps=1500, **attack):
+    from tram.attacks.perturb import AttackConfig
+
+    return TrainConfig(
+        env=EnvConfig("gather"),
+        learner=dop.DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64, buffer_size=32),
+        attack=AttackConfig(method=method, **attack),
+        run=RunConfig(steps=steps, seeds=seeds, eval_interval=500, test_episodes=4),
+    )
+
+
+def _run(config, seeds):
+    from tram.experiments.program import make_train
+
+    prog = make_train(config)
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    return jax.jit(jax.vmap(prog.train))(keys)
+
+
+def test_same_key_same_numbers():
+    cfg = _config()
+    _, m1 = _run(cfg, (3,))
+    _, m2 = _run(cfg, (3,))
+    assert float(m1.updates[0, -1]) > 0, "the run must include learner updates"
+    for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.timeout(300)  # guards the batched-LAPACK deadlock of shared/spec/jax-cpu.md
+def test_seed_inside_vmapped_batch_equals_seed_alone():
+    cfg = _config()
+    _, alone = _run(cfg, (1,))
+    _, batch = _run(cfg, (0, 1))
+    for f in ("env_steps", "test_return", "train_return", "critic_loss", "actor_loss"):
+        np.testing.assert_allclose(np.asarray(getattr(batch, f))[1], np.asarray(getattr(alone, f))[0],
+                                   rtol=1e-5, atol=1e-5, err_msg=f)
+
+
+def test_identity_perturbation_equals_no_attack(monkeypatch):
+    from tram.types import AttackStepStats
+    import tram.attacks.perturb as perturb_mod
+
+    def identity(cfg):
+        def perturb(key, ctx, logits_fn):
+            z = jnp.float32(0.0)
+            return ctx.logits, AttackStepStats(*([z] * len(AttackStepStats._fields)))
+        return perturb
+
+    monkeypatch.setattr(perturb_mod, "make_perturbation", identity)
+    _, clean = _run(_config("none"), (0,))
+    _, ident = _run(_config("random"), (0,))
+    for f in ("env_steps", "test_return", "train_return", "critic_loss", "actor_loss"):
+        np.testing.assert_array_equal(np.asarray(getattr(ident, f)), np.asarray(getattr(clean, f)), err_msg=f)

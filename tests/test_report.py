@@ -1,0 +1,241 @@
+"""Report statistics and make_report on fabricated stores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from fakeruns import FINAL_BASE, make_fake_run, stealth_base
+from tram.report import make_report
+from tram.report.collect import collect_runs
+from tram.report.stats import bootstrap_ci, curve_with_ci, iqm
+
+METHODS = ("none", "random", "jbased", "var")
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    "x,expected",
+    [
+        ([1, 2, 3, 4, 100], 3.0),  # cut 1 each side: mean(2, 3, 4)
+        ([4, 1, 3, 2], 2.5),  # cut 1 each side: mean(2, 3)
+        ([1, 2, 9], 4.0),  # n < 4: nothing cut
+        ([0, 1, 2, 3, 4, 5, 6, 100], 3.5),  # cut 2 each side: mean(2, 3, 4, 5)
+        ([7], 7.0),
+    ],
+)
+def test_iqm_hand_computed(x, expected):
+    assert iqm(np.asarray(x, float)) == pytest.approx(expected)
+
+
+def test_iqm_along_axis():
+    x = np.array([[1, 2, 3, 4, 100], [0, 0, 0, 0, 5]], float)
+    np.testing.assert_allclose(iqm(x, axis=1), [3.0, 0.0])
+
+
+def test_bootstrap_ci_contains_point_and_shrinks_with_seeds():
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(0.5, 0.2, 5), rng.normal(0.5, 0.2, 80)
+    for stat in ("mean", "iqm"):
+        p5, lo5, hi5 = bootstrap_ci(few, stat)
+        p80, lo80, hi80 = bootstrap_ci(many, stat)
+        assert lo5 <= p5 <= hi5 and lo80 <= p80 <= hi80
+        assert hi80 - lo80 < hi5 - lo5
+    assert bootstrap_ci(few)[0] == pytest.approx(few.mean())
+    assert bootstrap_ci(few, seed=3) == bootstrap_ci(few, seed=3)
+    assert bootstrap_ci([2.0]) == (2.0, 2.0, 2.0)
+    assert bootstrap_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_ci([1.0, float("nan")])
+    with pytest.raises(ValueError, match="stat"):
+        bootstrap_ci([1.0, 2.0], "median")
+
+
+def test_bootstrap_ci_coverage_is_plausible():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for i in range(200):
+        lo, hi = bootstrap_ci(rng.normal(0.0, 1.0, 10), n_boot=500, seed=i)[1:]
+        hits += lo <= 0.0 <= hi
+    assert 0.8 <= hits / 200 <= 0.99  # percentile bootstrap under-covers a little at n=10
+
+
+def test_curve_with_ci_truncates_ragged_seeds():
+    xs = [[0, 10, 20, 30], [0, 10, 20], [0, 10, 20, 30]]
+    ys = [[0.0, 1.0, 2.0, 3.0], [0.0, 3.0, 4.0], [0.0, 2.0, 3.0, 9.0]]
+    x, mean, lo, hi = curve_with_ci(xs, ys)
+    np.testing.assert_array_equal(x, [0, 10, 20])
+    np.testing.assert_allclose(mean, [0.0, 2.0, 3.0])
+    assert np.all(lo <= mean) and np.all(mean <= hi)
+    assert lo[0] == hi[0] == 0.0
+    with pytest.raises(ValueError, match="different env steps"):
+        curve_with_ci([[0, 10], [0, 11]], [[1, 2], [1, 2]])
+
+
+# ---------------------------------------------------------------------------- make_report
+
+
+@pytest.fixture(scope="module")
+def main_store(tmp_path_factory):
+    """2 envs (3m: SMAX, spread: grid) x 4 methods x 3 seeds at f_A=1, KL_U=6."""
+    root = tmp_path_factory.mktemp("runs")
+    for env in ("3m", "spread"):
+        for method in METHODS:
+            make_fake_run(root, env, method)
+    return root
+
+
+@pytest.fixture(scope="module")
+def main_report(main_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    messages: list[str] = []
+    paths = make_report(main_store, out, n_boot=500, log=messages.append)
+    return out, paths, messages
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_report_writes_figures_tables_and_export(main_report):
+    out, paths, _ = main_report
+    rel = {p.relative_to(out).as_posix() for p in paths}
+    for stem in ("curves_dop_smax", "curves_dop_grid", "fig4_dop_3m", "fig4_dop_spread"):
+        for ext in ("png", "pdf"):
+            assert f"figures/{stem}.{ext}" in rel
+    for stem in ("table1_stealth_dop", "final_performance"):
+        for ext in ("md", "csv", "tex"):
+            assert f"tables/{stem}.{ext}" in rel
+    assert "marl_eval.json" in rel and paths[-1] == out / "index.md"
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 0
+    assert (out / "figures" / "curves_dop_smax.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "figures" / "curves_dop_smax.pdf").read_bytes()[:4] == b"%PDF"
+    index = (out / "index.md").read_text()
+    for p in paths[:-1]:
+        assert p.relative_to(out).as_posix() in index
+
+
+def test_table1_numbers(main_report):
+    out, _, _ = main_report
+    rows = _csv(out / "tables" / "table1_stealth_dop.csv")
+    assert rows[0] == ["method", "3m", "spread"]
+    assert [r[0] for r in rows[1:]] == ["Var-based TRAM", "J-based TRAM", "Random"]
+    # Hand check: var on 3m. Seeds 0, 1, 2 have windows 1..5 (step 0 is NaN) with values
+    # -3.87 + 0.1 (s - 1) + 0.01 (j - 2), j = 0..4: per-seed means -3.97, -3.87, -3.77 -> -3.87.
+    assert float(rows[1][1]) == pytest.approx(-3.87, abs=1e-12)
+    assert float(rows[3][2]) == pytest.approx(stealth_base("random", 1.0, 6.0), abs=1e-12)
+    md = (out / "tables" / "table1_stealth_dop.md").read_text()
+    assert re.search(r"\| Var-based TRAM +\| -3\.87 +\| -3\.87 +\|", md)
+    tex = (out / "tables" / "table1_stealth_dop.tex").read_text()
+    assert "\\begin{tabular}" in tex and "-3.87" in tex and "\\toprule" in tex
+
+
+def test_final_table_numbers(main_report):
+    out, _, _ = main_report
+    header, *rows = _csv(out / "tables" / "final_performance.csv")
+    assert header[:7] == ["env", "learner", "method", "f_A", "KL_U", "metric", "seeds"]
+    row = next(r for r in rows if r[0] == "3m" and r[2] == "Var-based TRAM")
+    values = dict(zip(header, row))
+    finals = FINAL_BASE["var"] + 0.05 * np.arange(3)  # 0.10, 0.15, 0.20
+    assert float(values["mean"]) == pytest.approx(finals.mean())
+    assert float(values["iqm"]) == pytest.approx(finals.mean())  # n=3: nothing trimmed
+    assert float(values["mean_lo"]) <= float(values["mean"]) <= float(values["mean_hi"])
+    assert values["metric"] == "test win rate" and values["seeds"] == "3"
+    clean = next(r for r in rows if r[0] == "spread" and r[2] == "Clean (none)")
+    assert clean[3] == clean[4] == "-" and clean[5] == "test return"
+    assert float(dict(zip(header, clean))["mean"]) == pytest.approx(20 * (FINAL_BASE["none"] + 0.05))
+    assert len(rows) == 8
+    md = (out / "tables" / "final_performance.md").read_text()
+    assert "0.15 [" in md
+
+
+def test_marl_eval_export(main_report):
+    out, _, _ = main_report
+    data = json.loads((out / "marl_eval.json").read_text())
+    assert sorted(data) == ["grid", "smax"]
+    assert sorted(data["smax"]["3m"]) == ["dop_jbased_fa1_kl6", "dop_none", "dop_random_fa1_kl6", "dop_var_fa1_kl6"]
+    run = data["smax"]["3m"]["dop_var_fa1_kl6"]["run_1"]
+    keys = list(run)
+    assert keys[-1] == "absolute_metrics" and keys[:-1] == [f"step_{i}" for i in range(6)]
+    assert run["step_5"]["step_count"] == 50_000
+    assert run["step_5"]["win_rate"] == [pytest.approx(0.15)]
+    assert run["absolute_metrics"]["win_rate"] == [pytest.approx(0.15)]
+    grid = data["grid"]["spread"]["dop_none"]["run_0"]
+    assert "win_rate" not in grid["step_0"] and "success_rate" in grid["step_0"]
+    # summary.json gives the final return; the success rate falls back to the last evaluation
+    assert grid["absolute_metrics"] == {"test_return": [pytest.approx(16.0)], "success_rate": [pytest.approx(0.8)]}
+
+
+def test_missing_table_runs_are_reported_not_crashed(main_report):
+    out, paths, messages = main_report
+    assert not (out / "tables" / "table2_stealth_dop.md").exists()
+    assert any(m.startswith("Table 2 (dop) skipped") for m in messages)
+    assert any(m.startswith("Table 3 (dop) skipped") for m in messages)
+    index = (out / "index.md").read_text()
+    assert "## Skipped" in index and "Table 2 (dop) skipped" in index and "Fig. 5 (dop) skipped" in index
+
+
+def test_budget_tables_and_figures(tmp_path):
+    """3m has the full f_A sweep; spread only a var run at f_A=0.4, so it is left out."""
+    for method in METHODS:
+        make_fake_run(tmp_path, "3m", method, samples=False)
+    for method in ("var", "jbased", "random"):
+        for f_a in (0.4, 0.7):
+            make_fake_run(tmp_path, "3m", method, f_a=f_a, samples=False, seeds=(0, 1))
+    make_fake_run(tmp_path, "spread", "var", samples=False)
+    make_fake_run(tmp_path, "spread", "var", f_a=0.4, samples=False)
+    messages: list[str] = []
+    out = tmp_path / "out"
+    paths = make_report(tmp_path, out, n_boot=200, log=messages.append)
+    rel = {p.relative_to(out).as_posix() for p in paths}
+    assert {"figures/budget_fa_dop.png", "figures/budget_fa_dop_ci.pdf"} <= rel
+    rows = _csv(out / "tables" / "table2_stealth_dop.csv")
+    assert rows[0] == ["method", "3m f_A=0.4", "3m f_A=0.7", "3m f_A=1"]
+    assert float(rows[1][1]) == pytest.approx(stealth_base("var", 0.4, 6.0))
+    assert float(rows[2][3]) == pytest.approx(stealth_base("jbased", 1.0, 6.0))
+    assert any("map spread left out, missing jbased f_A=0.4" in m for m in messages)
+    # Table 1 needs all three methods on a map: 3m has them, spread does not.
+    assert _csv(out / "tables" / "table1_stealth_dop.csv")[0] == ["method", "3m"]
+    assert any(m.startswith("Fig. 4 (dop) skipped") for m in messages)
+
+
+def test_corrupt_and_partial_runs_are_skipped(tmp_path):
+    good = make_fake_run(tmp_path, "3m", "var")
+    bad = make_fake_run(tmp_path, "3m", "random")
+    (bad / "metrics.csv").write_bytes((bad / "metrics.csv").read_bytes()[:-10])
+    part = make_fake_run(tmp_path, "3m", "none", done=False, n_evals=3)
+    messages: list[str] = []
+    store = collect_runs(tmp_path, log=messages.append)
+    assert [r.path for r in store.runs.values()] == [good]
+    assert any(bad.name in m and "metrics.csv" in m for m in messages)
+    assert any(part.name in m and "unfinished" in m for m in messages)
+    assert len(collect_runs(tmp_path, include_partial=True).runs) == 2
+    paths = make_report(tmp_path, tmp_path / "out", n_boot=100, log=None)
+    assert (tmp_path / "out" / "index.md") in paths
+    assert "skipped corrupt run" in (tmp_path / "out" / "index.md").read_text()
+    paths = make_report(tmp_path, tmp_path / "out2", n_boot=100, log=None, include_partial=True)
+    header, *rows = _csv(tmp_path / "out2" / "tables" / "final_performance.csv")
+    clean = dict(zip(header, next(r for r in rows if r[2] == "Clean (none)")))
+    # no summary.json: the last of its 3 evaluations (progress 1.0) is the final value
+    assert float(clean["mean"]) == pytest.approx(FINAL_BASE["none"] + 0.05)
+
+
+def test_empty_store(tmp_path):
+    paths = make_report(tmp_path / "nothing", tmp_path / "out", log=None)
+    assert paths == [tmp_path / "out" / "index.md"]
+    assert "nothing to report" in paths[0].read_text()
+
+
+def test_report_is_deterministic(main_store, main_report, tmp_path):
+    out, paths, _ = main_report
+    again = make_report(main_store, tmp_path, n_boot=500, log=None)
+    assert [p.relative_to(tmp_path) for p in again] == [p.relative_to(out) for p in paths]
+    for p in paths:
+        assert (tmp_path / p.relative_to(out)).read_bytes() == p.read_bytes(), p.name
