@@ -19,8 +19,8 @@ def test_mixer_weights_by_hand():
     # N = 2 agents, embed 2, state dim 1: W1(s) = |s * a + b| reshaped [N, E], Wf(s) = |s * c + d|.
     mixer = dop.DOPMixer(num_agents=2, embed=2)
     params = {"params": {
-        "hyper_w_1": {"Dense_0": {"kernel": jnp.array([[1.0, -2.0, 3.0, 0.5]]), "bias": jnp.array([0.0, 0.0, -1.0, 0.0])}},
-        "hyper_w_final": {"Dense_0": {"kernel": jnp.array([[2.0, -1.0]]), "bias": jnp.array([0.0, 0.0])}},
+        "hyper_w_1": {"kernel": jnp.array([[1.0, -2.0, 3.0, 0.5]]), "bias": jnp.array([0.0, 0.0, -1.0, 0.0])},
+        "hyper_w_final": {"kernel": jnp.array([[2.0, -1.0]]), "bias": jnp.array([0.0, 0.0])},
     }}
     s = jnp.array([[2.0]])
     # W1 = |[2, -4, 5, 1]| = [[2, 4], [5, 1]]; Wf = |[4, -2]| = [4, 2]
@@ -90,6 +90,8 @@ def test_actor_loss_matches_direct_computation():
     loss = float(dop.actor_loss(st.actor_params, nets, st.critic_params, ep, eps))
 
     pi = np.asarray(dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps))
+    pi_chunked = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2)
+    np.testing.assert_allclose(np.asarray(pi_chunked), pi, rtol=1e-6, atol=1e-7)
     q = np.asarray(dop.q_values(nets, st.critic_params, ep.state, ep.obs))
     k = np.asarray(nets.mixer.apply(st.critic_params["mixer"], ep.state))
     mask = np.asarray(loss_mask(ep.filled, ep.terminated))
@@ -105,6 +107,13 @@ def test_actor_loss_matches_direct_computation():
                 num += k[b, t, i] * adv * math.log(pi[b, t, i, acts[b, t, i]])
                 den += 1.0
     np.testing.assert_allclose(loss, -num / den, rtol=1e-5)
+    # The chunked back-propagation through time gives the same loss and gradient.
+    ref_loss, ref_grad = jax.value_and_grad(dop.actor_loss)(st.actor_params, nets, st.critic_params, ep, eps)
+    for length, chunk in ((jnp.int32(4), 3), (jnp.int32(5), 2)):
+        c_loss, c_grad = dop.actor_loss_and_grad(st.actor_params, nets, st.critic_params, ep, eps, length, chunk)
+        np.testing.assert_allclose(float(c_loss), float(ref_loss), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(c_grad), jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
 def _config(method="none", seeds=(0,), steps=1500, **attack):

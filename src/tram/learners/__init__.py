@@ -1,12 +1,11 @@
-"""Learners: DOP (the paper's main target) and COMA (its App. D)."""
+"""Learners: DOP (the paper's main target) and COMA (its App. D).
 
+Each learner module provides ``make_nets``, ``init_state``, ``store_episodes``,
+``ready_to_train``, ``train_step``, ``attack_q_fn`` and ``buffer_bytes``; the training
+program (:mod:`tram.experiments.program`) is the same for all of them.
+"""
+
+from tram.learners.coma import COMAConfig
 from tram.learners.dop import DOPConfig
 
-LEARNER_CONFIGS = {"dop": DOPConfig}
-
-try:  # COMA is added by tram.learners.coma
-    from tram.learners.coma import COMAConfig
-
-    LEARNER_CONFIGS["coma"] = COMAConfig
-except ImportError:  # pragma: no cover - during bootstrap only
-    pass
+LEARNER_CONFIGS = {"dop": DOPConfig, "coma": COMAConfig}

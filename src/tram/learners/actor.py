@@ -20,34 +20,11 @@ features, ``H`` hidden units.
 
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def torch_uniform_init(fan_in: int):
-    """Initializer ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's ``nn.Linear`` default."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-class TorchDense(nn.Module):
-    """``nn.Dense`` with PyTorch's default initialisation for weight and bias."""
-
-    features: int
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1]
-        init = torch_uniform_init(fan_in)
-        return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=init, bias_init=init)(x)
+from tram.learners.nets import TorchDense, torch_linear_init
 
 
 class TorchGRUCell(nn.Module):
@@ -61,7 +38,7 @@ class TorchGRUCell(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, h: jax.Array) -> jax.Array:
-        init = torch_uniform_init(self.hidden)
+        init = torch_linear_init(self.hidden)
         gi = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="input")(x)
         gh = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="hidden")(h)
         i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)

@@ -53,13 +53,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tram.learners.actor import RNNActor, TorchDense, actor_inputs, floored_policy, epsilon_at
+from tram.learners.actor import RNNActor
+from tram.learners.common import check_actor_critic_config, positive_int, rmsprop, unit_interval
+from tram.learners.nets import TorchDense
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_latest, buffer_sample_uniform,
     empty_episodes, episodes_nbytes, loss_mask, truncate_length,
 )
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
-from tram.learners.timechunks import map_time, recurrent_value_and_grad, scan_time
+from tram.learners.policy_gradient import pg_loss, pg_loss_and_grad, policy_over_episodes, take
+from tram.learners.timechunks import map_time
 
 
 @dataclass(frozen=True)
@@ -101,52 +104,14 @@ class DOPConfig:
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
 
     def __post_init__(self):
-        _check_common(self)
+        check_actor_critic_config(self)
         for f in ("off_buffer_size", "off_batch_size", "tb_steps", "critic_hidden", "mixing_embed"):
-            _positive_int(self, f)
+            positive_int(self, f)
         if self.off_batch_size > self.off_buffer_size:
             raise ValueError(
                 f"learner.off_batch_size ({self.off_batch_size}) must be <= learner.off_buffer_size "
                 f"({self.off_buffer_size})")
-        _unit_interval(self, "tb_lambda")
-
-
-def _positive_int(cfg, field: str):
-    v = getattr(cfg, field)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"learner.{field} must be an integer >= 1, got {v!r}")
-
-
-def _unit_interval(cfg, field: str):
-    v = getattr(cfg, field)
-    if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-        raise ValueError(f"learner.{field} must be in [0, 1], got {v!r}")
-
-
-def _check_common(cfg):
-    """Checks shared by the actor-critic learners' configs (DOP, COMA)."""
-    for f in ("num_envs", "buffer_size", "batch_size", "target_update_interval", "rnn_hidden",
-              "epsilon_anneal_steps", "time_chunk"):
-        _positive_int(cfg, f)
-    for f in ("gamma", "td_lambda", "rms_alpha", "epsilon_start", "epsilon_finish"):
-        _unit_interval(cfg, f)
-    for f in ("actor_lr", "critic_lr", "rms_eps", "grad_clip"):
-        v = getattr(cfg, f)
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise ValueError(f"learner.{f} must be a number > 0, got {v!r}")
-    if cfg.batch_size > cfg.buffer_size:
-        raise ValueError(
-            f"learner.batch_size ({cfg.batch_size}) must be <= learner.buffer_size ({cfg.buffer_size})")
-    if cfg.storage_dtype not in ("float16", "float32"):
-        raise ValueError(f"learner.storage_dtype must be one of float16, float32; got {cfg.storage_dtype!r}")
-
-
-def rmsprop(lr: float, cfg) -> optax.GradientTransformation:
-    """PyTorch's RMSprop (eps outside the sqrt, no momentum) after global-norm clipping."""
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.rmsprop(lr, decay=cfg.rms_alpha, eps=cfg.rms_eps, eps_in_sqrt=False),
-    )
+        unit_interval(self, "tb_lambda")
 
 
 # ----------------------------------------------------------------------------------------
@@ -219,37 +184,6 @@ def mix(nets: DOPNets, critic_params, agent_q: jax.Array, state: jax.Array) -> j
     return jnp.sum(k * agent_q, axis=-1)
 
 
-def episode_actor_inputs(actor: RNNActor, episodes: Episodes) -> jax.Array:
-    """Actor inputs at every slot (last action -1 at t = 0). ``-> [E, T+1, N, I]``."""
-    e, _, n = episodes.actions.shape
-    last = jnp.concatenate([jnp.full((e, 1, n), -1, jnp.int32), episodes.actions[:, :-1]], axis=1)
-    return actor_inputs(episodes.obs, last, actor.num_actions)
-
-
-def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsilon,
-                         length: jax.Array | None = None, chunk: int = 8) -> jax.Array:
-    """The floored policy at every slot of every episode (GRU from zeros at t = 0).
-
-    With ``length``, only the first ``length`` slots are computed (the rest are 0).
-
-    Returns ``[E, T+1, N, A]`` probabilities (0 on unavailable actions).
-    """
-    e, t1, n = episodes.actions.shape
-    x = episode_actor_inputs(actor, episodes)
-
-    def step(h, x_t):
-        logits, h = actor.apply(actor_params, h, x_t)
-        return h, logits
-
-    h0 = jnp.zeros((e, n, actor.hidden), jnp.float32)
-    if length is None:
-        _, logits = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
-        logits = jnp.swapaxes(logits, 0, 1)
-    else:
-        logits = scan_time(step, h0, x, length, chunk)
-    return floored_policy(logits, episodes.avail, epsilon)
-
-
 def q_over_episodes(nets: "DOPNets", critic_params, ep: Episodes, length: jax.Array | None = None,
                     chunk: int = 8) -> jax.Array:
     """``Q_i(s_t, o_i,t, .)`` at every slot; with ``length`` only the first ``length`` slots.
@@ -257,11 +191,6 @@ def q_over_episodes(nets: "DOPNets", critic_params, ep: Episodes, length: jax.Ar
     if length is None:
         return q_values(nets, critic_params, ep.state, ep.obs)
     return map_time(lambda sl: q_values(nets, critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, chunk)
-
-
-def take(q: jax.Array, actions: jax.Array) -> jax.Array:
-    """``q [..., A]`` at ``actions [...]`` -> ``[...]``."""
-    return jnp.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
 
 
 # ----------------------------------------------------------------------------------------
@@ -333,54 +262,20 @@ def train_critic_per_timestep(nets: DOPNets, critic_params, opt_state, ep: Episo
 # Actor
 # ----------------------------------------------------------------------------------------
 def actor_loss(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon) -> jax.Array:
-    """DOP's policy-gradient loss on ``E`` episodes (reference ``OffPGLearner.train``).
-
-    ``loss = -sum_{b,t,i} mask k_i(s_t) A_i log pi_i(a_i) / sum_{b,t,i} mask`` with
-    ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` from the current critic, detached.
-    """
-    pi = policy_over_episodes(nets.actor, actor_params, ep, epsilon)[:, :-1]  # [E, T, N, A]
-    q = jax.lax.stop_gradient(q_values(nets, critic_params, ep.state[:, :-1], ep.obs[:, :-1]))
-    k = jax.lax.stop_gradient(nets.mixer.apply(critic_params["mixer"], ep.state[:, :-1]))  # [E, T, N]
-    actions = ep.actions[:, :-1]
-    mask = jnp.broadcast_to(loss_mask(ep.filled, ep.terminated)[..., None], actions.shape)
-    baseline = jax.lax.stop_gradient(jnp.sum(pi * q, axis=-1))
-    adv = jax.lax.stop_gradient(take(q, actions) - baseline)
-    pi_taken = jnp.where(mask > 0, take(pi, actions), 1.0)
-    return -jnp.sum(k * adv * jnp.log(pi_taken) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    """DOP's policy-gradient loss on ``E`` episodes (reference ``OffPGLearner.train``),
+    unrolled over every slot: ``-sum mask k_i(s) A_i log pi_i(a_i) / sum mask`` with ``A_i``
+    from the current critic (see :mod:`tram.learners.policy_gradient`)."""
+    q = q_values(nets, critic_params, ep.state, ep.obs)
+    k = nets.mixer.apply(critic_params["mixer"], ep.state)
+    return pg_loss(nets.actor, actor_params, ep, epsilon, q, k)
 
 
-def actor_loss_and_grad(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon, length,
-                        chunk: int = 8):
-    """:func:`actor_loss` and its gradient, computed only over the first ``length`` steps
-    (the batch's longest episode) by chunked back-propagation through time. Same numbers as
-    ``jax.value_and_grad(actor_loss)`` up to float rounding (tested).
-
-    Returns ``(loss, grads)``.
-    """
-    e, t1, n = ep.actions.shape
+def actor_loss_and_grad(actor_params, nets: DOPNets, critic_params, ep: Episodes, epsilon, length, chunk: int = 8):
+    """:func:`actor_loss` and its gradient computed over the first ``length`` slots only.
+    Returns ``(loss, grads)``."""
     q = map_time(lambda sl: q_values(nets, critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, chunk)
     k = map_time(lambda st: nets.mixer.apply(critic_params["mixer"], st), ep.state, length, chunk)
-    mask = jnp.concatenate([loss_mask(ep.filled, ep.terminated), jnp.zeros((e, 1))], axis=1)  # [E, T+1]
-    mask = jnp.broadcast_to(mask[..., None], ep.actions.shape)
-    weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
-    xs = (episode_actor_inputs(nets.actor, ep), ep.avail, ep.actions, q, k, weight)
-
-    def chunk_loss(params, h, x):
-        inputs, avail, actions, q_c, k_c, w_c = x
-
-        def step(h, x_t):
-            logits, h = nets.actor.apply(params, h, x_t)
-            return h, logits
-
-        h, logits = jax.lax.scan(step, h, jnp.swapaxes(inputs, 0, 1))
-        pi = floored_policy(jnp.swapaxes(logits, 0, 1), avail, epsilon)
-        baseline = jax.lax.stop_gradient(jnp.sum(pi * q_c, axis=-1))
-        adv = jax.lax.stop_gradient(take(q_c, actions) - baseline)
-        pi_taken = jnp.where(w_c > 0, take(pi, actions), 1.0)
-        return -jnp.sum(k_c * adv * jnp.log(pi_taken) * w_c), h
-
-    h0 = jnp.zeros((e, n, nets.actor.hidden), jnp.float32)
-    return recurrent_value_and_grad(chunk_loss, actor_params, h0, xs, length, chunk)
+    return pg_loss_and_grad(nets.actor, actor_params, ep, epsilon, q, k, length, chunk)
 
 
 # ----------------------------------------------------------------------------------------
