@@ -1,0 +1,302 @@
+"""The attack budget: masked softmax, KL, Algorithm 1 (the choice of beta) and Eq. 3.
+
+TRAM (Sec. 3.1) perturbs the poisoned agent's logits ``l`` along a unit direction
+``delta_hat`` and samples, with probability ``f_A``, from
+
+    pi'(beta) = softmax(l + beta * delta_hat)
+
+instead of ``pi = softmax(l)``; ``beta`` is the largest value with
+``KL(pi'(beta) || pi) <= KL_U`` (App. B). Everything here is for ONE state (unbatched
+``[A]`` vectors, rlax style); batch with ``jax.vmap``.
+
+Unavailable actions (``avail[a] == False``) are excluded everywhere: they get probability
+exactly 0 and are left out of every sum, so ``0 * log 0`` never appears.
+
+Shape letters: ``A`` actions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "masked_softmax",
+    "masked_log_softmax",
+    "kl_divergence",
+    "kl_from_logits",
+    "perturbed_kl",
+    "find_beta",
+    "stealth_loglik",
+    "stealth_loglik_from_logits",
+]
+
+
+def masked_log_softmax(logits: jax.Array, avail: jax.Array) -> jax.Array:
+    """Log-softmax over the available actions only.
+
+    ``log pi(a) = l(a) - log sum_{b: m(b)} exp(l(b))`` for available ``a``, ``-inf`` for
+    unavailable ``a``. Stable: the max over available logits is subtracted first, so
+    logits of any magnitude (e.g. ``l + 2^55 * delta_hat`` in Algorithm 1) stay finite.
+
+    Args:
+        logits: ``[..., A]`` raw logits (values at unavailable actions are ignored).
+        avail: ``[..., A]`` bool mask with at least one True per row.
+
+    Returns:
+        ``[..., A]`` log-probabilities; ``-inf`` where ``avail`` is False. A row with no
+        available action (only padding has one) gives all ``-inf``, never NaN.
+    """
+    avail = avail.astype(bool)
+    x = jnp.where(avail, logits, -jnp.inf)
+    m = jnp.max(x, axis=-1, keepdims=True)
+    m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    z = x - m
+    s = jnp.sum(jnp.exp(z), axis=-1, keepdims=True)
+    lse = jnp.log(jnp.where(s > 0, s, 1.0))
+    return jnp.where(avail, z - lse, -jnp.inf)
+
+
+def masked_softmax(logits: jax.Array, avail: jax.Array) -> jax.Array:
+    """Softmax over the available actions only: ``pi = softmax(l)`` restricted to ``m``.
+
+    Args:
+        logits: ``[..., A]`` raw logits (values at unavailable actions are ignored).
+        avail: ``[..., A]`` bool mask with at least one True per row.
+
+    Returns:
+        ``[..., A]`` probabilities summing to 1 over available actions, exactly 0 on
+        unavailable ones (all zeros for a row with no available action). Stable for
+        logits of any finite magnitude.
+    """
+    avail = avail.astype(bool)
+    x = jnp.where(avail, logits, -jnp.inf)
+    m = jnp.max(x, axis=-1, keepdims=True)
+    m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+    e = jnp.where(avail, jnp.exp(x - m), 0.0)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(s > 0, s, 1.0)
+
+
+def kl_divergence(p: jax.Array, q: jax.Array, avail: jax.Array) -> jax.Array:
+    """``KL(p || q) = sum_{a: m(a), p(a) > 0} p(a) (log p(a) - log q(a))``.
+
+    From probabilities (``0 log 0 = 0``; unavailable actions excluded). It is ``+inf``
+    if ``q(a) = 0 < p(a)`` for some available ``a``. To evaluate the perturbed policy
+    of Algorithm 1, where probabilities underflow for large beta, prefer
+    :func:`kl_from_logits`.
+
+    Args:
+        p, q: ``[..., A]`` probabilities (0 on unavailable actions).
+        avail: ``[..., A]`` bool.
+
+    Returns:
+        ``[...]`` KL divergence.
+    """
+    use = avail.astype(bool) & (p > 0)
+    log_p = jnp.log(jnp.where(use, p, 1.0))
+    log_q = jnp.log(jnp.where(use, q, 1.0))
+    return jnp.sum(jnp.where(use, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def kl_from_logits(logits_p: jax.Array, log_q: jax.Array, avail: jax.Array) -> jax.Array:
+    """``KL(p || q)`` with ``p = masked_softmax(logits_p)`` and ``q = exp(log_q)``, stably.
+
+    ``sum_{a: m(a)} p(a) (log p(a) - log q(a))`` with ``log p`` from the log-softmax, so
+    ``p(a) = 0`` by underflow gives ``0 * finite = 0``. Rounding can make the sum a
+    hair below 0 when ``p ~ q``; it is clipped at 0 (KL >= 0).
+
+    Args:
+        logits_p: ``[..., A]`` logits of ``p``.
+        log_q: ``[..., A]`` log-probabilities of ``q`` (finite on available actions,
+            e.g. :func:`masked_log_softmax` of the clean logits).
+        avail: ``[..., A]`` bool.
+
+    Returns:
+        ``[...]`` KL divergence (>= 0).
+    """
+    avail = avail.astype(bool)
+    log_p = jnp.where(avail, masked_log_softmax(logits_p, avail), 0.0)
+    log_q = jnp.where(avail, log_q, 0.0)
+    kl = jnp.sum(jnp.where(avail, jnp.exp(log_p) * (log_p - log_q), 0.0), axis=-1)
+    return jnp.maximum(kl, 0.0)
+
+
+def _kl_along(base: jax.Array, delta: jax.Array, log_pi: jax.Array, avail: jax.Array,
+              beta: jax.Array) -> jax.Array:
+    """``KL(softmax(base + beta * delta) || pi)``: the one evaluation Algorithm 1 repeats."""
+    return kl_from_logits(base + beta * delta, log_pi, avail)
+
+
+def _prepare(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array):
+    avail = avail.astype(bool)
+    logits = jnp.asarray(logits, jnp.float32)
+    base = jnp.where(avail, logits, 0.0)
+    delta = jnp.where(avail, jnp.asarray(delta_hat, jnp.float32), 0.0)
+    log_pi = masked_log_softmax(base, avail)
+    return base, delta, log_pi, avail
+
+
+def perturbed_kl(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, beta: jax.Array) -> jax.Array:
+    """``KL(pi'(beta) || pi)``, ``pi'(beta) = softmax(l + beta * delta_hat)`` (App. B).
+
+    The same float32 computation :func:`find_beta` performs at each of its steps (used
+    by the tests to replay Algorithm 1 step by step).
+
+    Args:
+        logits: ``[A]`` clean logits ``l``.
+        avail: ``[A]`` bool.
+        delta_hat: ``[A]`` direction (values at unavailable actions are ignored).
+        beta: ``[]`` step size >= 0.
+
+    Returns:
+        ``[]`` float32 KL divergence.
+    """
+    base, delta, log_pi, avail = _prepare(logits, avail, delta_hat)
+    return _kl_along(base, delta, log_pi, avail, jnp.asarray(beta, jnp.float32))
+
+
+def find_beta(
+    logits: jax.Array,
+    avail: jax.Array,
+    delta_hat: jax.Array,
+    kl_u: jax.Array | float,
+    bsn1: int = 55,
+    bsn2: int = 15,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Algorithm 1 (App. B): the largest ``beta`` with ``KL(pi'(beta) || pi) <= KL_U``.
+
+    The paper's sequential algorithm, with ``pi'(b) = softmax(l + b * delta_hat)``::
+
+        l, r, bsn = 0, 1, 0
+        for i in 1..BSN1:                  # doubling
+            bsn = i - 1
+            if KL(pi'(r) || pi) > KL_U: break
+            r = 2 r
+        for i in 1..BSN2 + bsn:            # bisection of [l, r]
+            m = (l + r) / 2
+            if KL(pi'(m) || pi) > KL_U: r = m  else: l = m
+        return l
+
+    ``KL(pi'(beta) || pi)`` is non-decreasing in ``beta >= 0`` (Lemma B.1), so ``l`` is
+    always feasible. After a break at doubling index ``bsn``, ``r = 2^bsn`` and the
+    bisection runs ``BSN2 + bsn`` steps, so ``r - l = 2^-BSN2`` at the end (an absolute
+    precision). If the loop never breaks, ``bsn = BSN1 - 1`` but ``r`` has been doubled
+    ``BSN1`` times (``r = 2^BSN1``): KL is then saturated at
+    ``-log sum_{a in argmax delta_hat} pi(a)`` below ``KL_U`` and ``beta`` ends near
+    ``2^BSN1``; ``saturated`` reports it.
+
+    Vectorised form (jit/vmap friendly, same result bit for bit): a fixed-length
+    ``lax.fori_loop`` of ``BSN1`` doubling steps whose steps after the break are no-ops,
+    then one of ``BSN1 - 1 + BSN2`` bisection steps (the most the sequential algorithm can
+    run) whose steps ``i > BSN2 + bsn`` are no-ops. Every KL is evaluated in float32 from
+    the log-softmax (:func:`kl_from_logits`), which stays finite for ``beta ~ 2^55``;
+    ``m = (l + r) / 2`` is the same float32 operation as in the sequential algorithm.
+
+    Args:
+        logits: ``[A]`` the clean logits ``l_k`` (values at unavailable actions ignored).
+        avail: ``[A]`` bool, at least one True.
+        delta_hat: ``[A]`` the attack direction (unit norm over available actions; values
+            at unavailable actions are ignored). A zero or constant-on-available
+            direction never changes the policy: KL stays 0, the result is saturated.
+        kl_u: ``[]`` the budget ``KL_U >= 0``.
+        bsn1: ``BSN_1`` (static), the number of doubling steps (paper: 55).
+        bsn2: ``BSN_2`` (static), the extra bisection steps (paper: 15).
+
+    Returns:
+        ``(beta, kl_at_beta, saturated)``: ``beta`` ``[]`` float32 (the final ``l``),
+        ``kl_at_beta`` ``[]`` the KL computed at ``beta`` during the search (0 if
+        ``beta = 0``), ``saturated`` ``[]`` bool, True if KL never exceeded ``KL_U`` while
+        doubling.
+    """
+    if bsn1 < 1 or bsn2 < 0:
+        raise ValueError(f"find_beta needs bsn1 >= 1 and bsn2 >= 0, got bsn1={bsn1}, bsn2={bsn2}")
+    base, delta, log_pi, avail = _prepare(logits, avail, delta_hat)
+    kl_u = jnp.asarray(kl_u, jnp.float32)
+
+    def kl_at(beta):
+        return _kl_along(base, delta, log_pi, avail, beta)
+
+    # Doubling, lines 2-10. Step i (0-based) is the paper's i + 1, so bsn := i.
+    def doubling(i, carry):
+        r, bsn, done = carry
+        exceeded = kl_at(r) > kl_u
+        active = ~done
+        bsn = jnp.where(active, i, bsn)
+        r = jnp.where(active & ~exceeded, r * 2.0, r)
+        return r, bsn, done | exceeded
+
+    r0 = (jnp.float32(1.0), jnp.int32(0), jnp.array(False))
+    r, bsn, done = lax.fori_loop(0, bsn1, doubling, r0)
+
+    # Bisection, lines 11-19: BSN2 + bsn active steps out of BSN1 - 1 + BSN2.
+    def bisection(i, carry):
+        lo, hi, kl_lo = carry
+        active = i < bsn2 + bsn
+        m = (lo + hi) / 2.0
+        k = kl_at(m)
+        over = k > kl_u
+        hi = jnp.where(active & over, m, hi)
+        keep = active & ~over
+        return jnp.where(keep, m, lo), hi, jnp.where(keep, k, kl_lo)
+
+    lo, _, kl_lo = lax.fori_loop(0, bsn1 - 1 + bsn2, bisection, (jnp.float32(0.0), r, jnp.float32(0.0)))
+    return lo, kl_lo, ~done
+
+
+def stealth_loglik(pi: jax.Array, pi_prime: jax.Array, avail: jax.Array, f_a: jax.Array | float) -> jax.Array:
+    """Eq. 3: the log likelihood of the poisoned agent's behaviour seen by its teammates.
+
+    ``L = f_A sum_a pi'(a) log pi(a) + (1 - f_A) sum_a pi(a) log pi(a)
+        = -f_A H(pi', pi) - (1 - f_A) H(pi)``
+
+    per step (the paper averages it over the poisoned agent's steps; smaller = more
+    salient). Sums run over available actions with ``pi'(a) > 0`` (resp. ``pi(a) > 0``),
+    so ``0 log 0 = 0``. If ``pi(a) = 0 < pi'(a)`` (only by float underflow) the cross
+    entropy is infinite and so is ``L``; :func:`stealth_loglik_from_logits` is the stable
+    form used by the attack.
+
+    Args:
+        pi: ``[..., A]`` the clean policy (0 on unavailable actions).
+        pi_prime: ``[..., A]`` the perturbed policy (0 on unavailable actions).
+        avail: ``[..., A]`` bool.
+        f_a: ``[]`` attack frequency ``f_A`` in [0, 1].
+
+    Returns:
+        ``[...]`` the Eq. 3 value (<= 0).
+    """
+    avail = avail.astype(bool)
+
+    def neg_cross_entropy(p, q):
+        use = avail & (p > 0)
+        log_q = jnp.log(jnp.where(use, q, 1.0))
+        return jnp.sum(jnp.where(use, p * log_q, 0.0), axis=-1)
+
+    return f_a * neg_cross_entropy(pi_prime, pi) + (1.0 - f_a) * neg_cross_entropy(pi, pi)
+
+
+def stealth_loglik_from_logits(logits: jax.Array, perturbed_logits: jax.Array, avail: jax.Array,
+                               f_a: jax.Array | float) -> jax.Array:
+    """Eq. 3 (see :func:`stealth_loglik`) from logits, stable for any perturbation size.
+
+    ``pi = masked_softmax(logits)``, ``pi' = masked_softmax(perturbed_logits)``; ``log pi``
+    is the masked log-softmax, finite on available actions, so the value is always
+    finite.
+
+    Args:
+        logits: ``[..., A]`` clean logits.
+        perturbed_logits: ``[..., A]`` perturbed logits.
+        avail: ``[..., A]`` bool.
+        f_a: ``[]`` attack frequency.
+
+    Returns:
+        ``[...]`` the Eq. 3 value (<= 0).
+    """
+    avail = avail.astype(bool)
+    log_pi = jnp.where(avail, masked_log_softmax(logits, avail), 0.0)
+    pi = jnp.exp(log_pi) * avail
+    pi_prime = masked_softmax(perturbed_logits, avail)
+    cross = jnp.sum(pi_prime * log_pi, axis=-1)
+    neg_entropy = jnp.sum(pi * log_pi, axis=-1)
+    return f_a * cross + (1.0 - f_a) * neg_entropy
