@@ -17,6 +17,8 @@ Shape letters: ``A`` actions.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -123,19 +125,53 @@ def kl_from_logits(logits_p: jax.Array, log_q: jax.Array, avail: jax.Array) -> j
     return jnp.maximum(kl, 0.0)
 
 
-def _kl_along(base: jax.Array, delta: jax.Array, log_pi: jax.Array, avail: jax.Array,
-              beta: jax.Array) -> jax.Array:
-    """``KL(softmax(base + beta * delta) || pi)``: the one evaluation Algorithm 1 repeats."""
-    return kl_from_logits(base + beta * delta, log_pi, avail)
+_SMALL_STEP = 0.5
+"""Up to this ``beta * max|delta_c|`` the KL of Algorithm 1 uses the expm1/log1p form."""
 
 
-def _prepare(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array):
+class _Line(NamedTuple):
+    """What Algorithm 1 precomputes once for ``beta -> KL(pi'(beta) || pi)``."""
+
+    avail: jax.Array  # [A] bool
+    base: jax.Array  # [A] clean logits, 0 on unavailable
+    delta: jax.Array  # [A] direction, 0 on unavailable
+    log_pi: jax.Array  # [A] masked log-softmax of base, 0 on unavailable
+    delta_c: jax.Array  # [A] delta - <pi, delta>, 0 on unavailable
+    spread: jax.Array  # [] max |delta_c|
+
+
+def _line(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array) -> _Line:
     avail = avail.astype(bool)
-    logits = jnp.asarray(logits, jnp.float32)
-    base = jnp.where(avail, logits, 0.0)
+    base = jnp.where(avail, jnp.asarray(logits, jnp.float32), 0.0)
     delta = jnp.where(avail, jnp.asarray(delta_hat, jnp.float32), 0.0)
-    log_pi = masked_log_softmax(base, avail)
-    return base, delta, log_pi, avail
+    log_pi = jnp.where(avail, masked_log_softmax(base, avail), 0.0)
+    pi = jnp.where(avail, jnp.exp(log_pi), 0.0)
+    delta_c = jnp.where(avail, delta - jnp.sum(pi * delta), 0.0)
+    return _Line(avail, base, delta, log_pi, delta_c, jnp.max(jnp.abs(delta_c)))
+
+
+def _kl_along(line: _Line, beta: jax.Array) -> jax.Array:
+    """``KL(softmax(l + beta * delta) || pi)``: the one evaluation Algorithm 1 repeats.
+
+    With ``d(a) = log pi'(a) - log pi(a)``, ``KL = sum_a pi(a) e^{d(a)} d(a)``. Two exact
+    forms of ``d``, each accurate in float32 where the other is not:
+
+    * large steps: ``d = log_softmax(l + beta delta) - log pi`` (max-subtracted, finite for
+      ``beta ~ 2^55``, where KL tends to ``-log sum_{argmax delta} pi``);
+    * small steps (``beta max|delta_c| <= 0.5``): ``d = beta delta_c - log1p(sum_a pi(a)
+      expm1(beta delta_c(a)))`` with the centred ``delta_c = delta - <pi, delta>`` (same
+      ``pi'``). KL is then ``~ beta^2 Var_pi(delta) / 2``, which the first form loses to
+      the rounding of ``log pi`` (absolute error ~1e-7): tiny budgets ``KL_U`` would be
+      met by a spuriously large beta.
+    """
+    x = beta * line.delta_c
+    pi = jnp.where(line.avail, jnp.exp(line.log_pi), 0.0)
+    d_small = x - jnp.log1p(jnp.sum(jnp.where(line.avail, pi * jnp.expm1(x), 0.0)))
+    d_large = masked_log_softmax(line.base + beta * line.delta, line.avail) - line.log_pi
+    small = beta * line.spread <= _SMALL_STEP
+    d = jnp.where(line.avail, jnp.where(small, d_small, d_large), 0.0)
+    kl = jnp.sum(jnp.where(line.avail, jnp.exp(line.log_pi + d) * d, 0.0))
+    return jnp.maximum(kl, 0.0)
 
 
 def perturbed_kl(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, beta: jax.Array) -> jax.Array:
@@ -153,8 +189,7 @@ def perturbed_kl(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, beta
     Returns:
         ``[]`` float32 KL divergence.
     """
-    base, delta, log_pi, avail = _prepare(logits, avail, delta_hat)
-    return _kl_along(base, delta, log_pi, avail, jnp.asarray(beta, jnp.float32))
+    return _kl_along(_line(logits, avail, delta_hat), jnp.asarray(beta, jnp.float32))
 
 
 def find_beta(
@@ -190,8 +225,9 @@ def find_beta(
     Vectorised form (jit/vmap friendly, same result bit for bit): a fixed-length
     ``lax.fori_loop`` of ``BSN1`` doubling steps whose steps after the break are no-ops,
     then one of ``BSN1 - 1 + BSN2`` bisection steps (the most the sequential algorithm can
-    run) whose steps ``i > BSN2 + bsn`` are no-ops. Every KL is evaluated in float32 from
-    the log-softmax (:func:`kl_from_logits`), which stays finite for ``beta ~ 2^55``;
+    run) whose steps ``i > BSN2 + bsn`` are no-ops. Every KL is the float32 computation of
+    :func:`perturbed_kl`: from the log-softmax for large steps (finite for ``beta ~
+    2^55``), from ``expm1``/``log1p`` for small ones (accurate for tiny ``KL_U``).
     ``m = (l + r) / 2`` is the same float32 operation as in the sequential algorithm.
 
     Args:
@@ -212,11 +248,11 @@ def find_beta(
     """
     if bsn1 < 1 or bsn2 < 0:
         raise ValueError(f"find_beta needs bsn1 >= 1 and bsn2 >= 0, got bsn1={bsn1}, bsn2={bsn2}")
-    base, delta, log_pi, avail = _prepare(logits, avail, delta_hat)
+    line = _line(logits, avail, delta_hat)
     kl_u = jnp.asarray(kl_u, jnp.float32)
 
     def kl_at(beta):
-        return _kl_along(base, delta, log_pi, avail, beta)
+        return _kl_along(line, beta)
 
     # Doubling, lines 2-10. Step i (0-based) is the paper's i + 1, so bsn := i.
     def doubling(i, carry):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from tram.envs import make_env
 from tram.envs.base import TramEnv
 from tram.learners.actor import epsilon_at
+from tram.learners.episodes import EpisodeBuffer
 from tram.learners.rollout import AttackHook, collect_episodes, evaluate_greedy
 from tram.types import AttackStepStats
 
@@ -166,8 +167,17 @@ def make_train(config) -> TrainProgram:
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
-        ls, info = jax.lax.cond(ready, lambda s: mod.train_step(cfg, nets, s, k_train, eps),
-                                lambda s: (s, zero_info), ls)
+        # The episode buffers stay out of the conditional: under vmap a cond becomes a
+        # select over its operands, which would copy the (read-only) buffers every iteration.
+        buffers = {f: getattr(ls, f) for f in ls._fields if isinstance(getattr(ls, f), EpisodeBuffer)}
+        no_buffers = {f: None for f in buffers}
+
+        def train(small):
+            new, info = mod.train_step(cfg, nets, small._replace(**buffers), k_train, eps)
+            return new._replace(**no_buffers), info
+
+        small, info = jax.lax.cond(ready, train, lambda s: (s, zero_info), ls._replace(**no_buffers))
+        ls = small._replace(**buffers)
         w = state.window
         w = WindowAcc(
             episodes=w.episodes + cfg.num_envs,

@@ -1,0 +1,236 @@
+"""The TRAM policy perturbation of one poisoned agent (Sec. 3.1), and its configuration.
+
+``make_perturbation(cfg)`` returns a :data:`tram.types.PolicyPerturbation`
+``perturb(key, ctx, actor_logits_fn) -> (logits_to_sample [A], AttackStepStats)`` for ONE
+environment; the learner vmaps it over environments inside its compiled rollout. Per
+step:
+
+1. ``delta_hat``: the direction of ``cfg.method`` (:mod:`tram.attacks.directions`);
+2. ``beta, kl = find_beta(l, m, delta_hat, KL_U, BSN1, BSN2)`` (Algorithm 1);
+3. ``pi' = softmax(l + beta * delta_hat)`` over available actions;
+4. ``attacked ~ Bernoulli(f_A)``: the agent samples from ``pi'`` if attacked, else from
+   ``pi``.
+
+The returned logits, when attacked, are not ``l + beta * delta_hat`` itself but
+``log pi'(a) + LSE_m(l)`` on available actions
+(``LSE_m`` = log-sum-exp over available actions) and the original ``l(a)`` on unavailable
+ones. Their softmax over available actions is ``pi'`` exactly as for ``l + beta *
+delta_hat`` (the two differ by a constant on available actions), but (i) no entry exceeds
+``LSE_m(l)``, even for ``beta ~ 2^55``, and (ii) the softmax over ALL actions puts the same
+total mass on the available actions as the clean logits do. (ii) matters because the
+reference learners apply their epsilon floor to the softmax over all actions before
+masking (``tram.learners.actor.floored_policy``): with it, the floored policy is the clean
+one with ``pi'`` in place of the softmax part ("the attack replaces the softmax part and
+the floor stays as it is", ``attack-math.md``), and a huge or all-negative ``beta *
+delta_hat`` cannot push all the mass onto unavailable actions.
+
+Identity cases: for ``method == "none"``, ``f_a == 0`` or ``kl_u == 0`` (decided from the
+static config), and whenever ``delta_hat`` is all zeros (a single available action), the
+input logits are returned bit for bit, so a run equals the clean one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from tram.attacks.budget import find_beta, masked_log_softmax, masked_softmax, stealth_loglik_from_logits
+from tram.attacks.directions import jbased_direction, random_direction, variance_direction
+from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
+
+__all__ = ["ATTACK_METHODS", "AttackConfig", "make_perturbation", "identity_perturbation", "perturb_logits"]
+
+ATTACK_METHODS = ("none", "random", "var", "jbased")
+"""Accepted values of :attr:`AttackConfig.method`."""
+
+_MAX_BSN1 = 126
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The training-time attack on one poisoned agent (Sec. 3.1, App. B)."""
+
+    method: str = "none"
+    """Direction of the perturbation: ``none`` (clean run), ``random``, ``var``
+    (variance-based, Sec. 3.2) or ``jbased`` (J-based, Sec. 3.3)."""
+    f_a: float = 1.0
+    """Attack frequency ``f_A`` in [0, 1]: each step, the poisoned agent samples from the
+    perturbed policy with this probability (paper Table 1: 1.0)."""
+    kl_u: float = 6.0
+    """KL budget ``KL_U >= 0`` (finite): ``KL(pi' || pi) <= KL_U`` at every step (paper
+    Table 1: 6)."""
+    agent: int | str = 0
+    """The poisoned agent: an index >= 0 or a unit-type name such as ``"zealot"``
+    (resolved to an index by the training program, which knows the environment)."""
+    bsn1: int = 55
+    """``BSN_1`` of Algorithm 1: doubling steps of the beta search, 1..126 (beta can reach
+    ``2^bsn1``, which must stay finite in float32)."""
+    bsn2: int = 15
+    """``BSN_2`` of Algorithm 1: extra bisection steps (>= 0); the final bracket on beta
+    has width ``2^-bsn2``."""
+
+    def __post_init__(self):
+        if not isinstance(self.method, str) or self.method not in ATTACK_METHODS:
+            raise ValueError(f"attack.method must be one of {', '.join(ATTACK_METHODS)}; got {self.method!r}")
+        for name, lo, hi, accepted in (("f_a", 0.0, 1.0, "a number in [0, 1]"),
+                                       ("kl_u", 0.0, math.inf, "a finite number >= 0")):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (lo <= float(v) <= hi) \
+                    or not math.isfinite(float(v)):
+                raise ValueError(f"attack.{name} must be {accepted}; got {v!r}")
+            object.__setattr__(self, name, float(v))
+        agent = self.agent
+        if isinstance(agent, bool) or not isinstance(agent, (numbers.Integral, str)):
+            raise ValueError(f"attack.agent must be an agent index >= 0 or a unit-type name (str); got {agent!r}")
+        if isinstance(agent, str):
+            if not agent.strip():
+                raise ValueError(f"attack.agent must be an agent index >= 0 or a non-empty unit-type name; "
+                                 f"got {agent!r}")
+        else:
+            if int(agent) < 0:
+                raise ValueError(f"attack.agent must be an agent index >= 0 or a unit-type name (str); got {agent!r}")
+            object.__setattr__(self, "agent", int(agent))
+        for name, lo, hi in (("bsn1", 1, _MAX_BSN1), ("bsn2", 0, None)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
+                accepted = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+                raise ValueError(f"attack.{name} must be {accepted}; got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    @property
+    def is_identity(self) -> bool:
+        """True if the attack can never change an action: method ``none``, ``f_a == 0``
+        or ``kl_u == 0``."""
+        return self.method == "none" or self.f_a == 0.0 or self.kl_u == 0.0
+
+    def replace(self, **changes) -> "AttackConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _zero_stats() -> AttackStepStats:
+    z = jnp.float32(0.0)
+    return AttackStepStats(*([z] * len(AttackStepStats._fields)))
+
+
+def identity_perturbation(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
+                          ) -> tuple[jax.Array, AttackStepStats]:
+    """A :data:`~tram.types.PolicyPerturbation` that changes nothing.
+
+    Returns ``ctx.logits`` unchanged and all-zero :class:`~tram.types.AttackStepStats`
+    (for learners run without an attack).
+    """
+    del key, actor_logits_fn
+    return ctx.logits, _zero_stats()
+
+
+def perturb_logits(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, beta: jax.Array) -> jax.Array:
+    """Logits whose masked softmax is ``pi' = softmax(l + beta * delta_hat)``.
+
+    ``out(a) = log pi'(a) + LSE_m(l)`` on available actions, with ``LSE_m(l) = log
+    sum_{b: m(b)} exp(l(b))``, and ``out(a) = l(a)`` on unavailable actions. It differs
+    from ``l + beta * delta_hat`` by a constant on available actions (same ``pi'``), but
+    keeps the log-sum-exp over available actions; see the module docstring for why. If
+    ``delta_hat`` is all zeros or ``beta == 0`` the input is returned bit for bit.
+
+    Args:
+        logits: ``[A]`` clean logits.
+        avail: ``[A]`` bool.
+        delta_hat: ``[A]`` direction (0 on unavailable actions).
+        beta: ``[]`` step size.
+
+    Returns:
+        ``[A]``.
+    """
+    avail = avail.astype(bool)
+    base = jnp.where(avail, logits, 0.0)
+    delta = jnp.where(avail, delta_hat, 0.0)
+    lse = jax.nn.logsumexp(jnp.where(avail, base, -jnp.inf))
+    new = masked_log_softmax(base + beta * delta, avail) + lse
+    moved = avail & jnp.any(delta != 0) & (beta != 0)
+    return jnp.where(moved, new, logits)
+
+
+def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
+    """The TRAM perturbation of ``cfg`` for one environment (Sec. 3.1, Algorithm 1, Eq. 3).
+
+    The returned ``perturb(key, ctx, actor_logits_fn)`` is pure and jittable; vmap it over
+    environments (``ctx`` batched, ``actor_params`` and ``prev_actor_grad`` shared).
+
+    Statistics (:class:`~tram.types.AttackStepStats`, ``[]`` float32 each):
+
+    * ``attacked``: the Bernoulli(``f_A``) draw (0 for method ``none``);
+    * ``stealth_loglik``: Eq. 3 with ``pi'`` the perturbed policy, computed whatever the
+      draw (for method ``none``, ``pi' = pi`` and it is ``-H(pi)``);
+    * ``kl``: ``KL(pi' || pi)`` at the chosen ``beta``, the value Algorithm 1 checked
+      against ``KL_U``; ``beta``; ``saturated``: KL never exceeded ``KL_U`` while doubling;
+    * ``fallback``: the direction fell back to random (see
+      :mod:`tram.attacks.directions`) or no perturbation exists (one available action);
+    * ``pmax_before`` / ``pmax_after``: ``max pi`` / ``max pi'`` over available actions.
+
+    Choices where the paper is silent: with no perturbation possible (all-zero direction,
+    one available action) ``beta``, ``kl`` and ``saturated`` are reported as 0 rather than
+    the meaningless saturated search; with ``kl_u == 0`` beta is 0 (the search would
+    otherwise accept a tiny beta whose KL rounds to 0). The direction's randomness and the
+    Bernoulli draw use independent halves of ``key``.
+
+    Args:
+        cfg: a validated :class:`AttackConfig`.
+
+    Returns:
+        ``perturb(key, ctx, actor_logits_fn) -> (logits [A], AttackStepStats)``.
+    """
+    method, f_a, kl_u, bsn1, bsn2 = cfg.method, cfg.f_a, cfg.kl_u, cfg.bsn1, cfg.bsn2
+    identity_output = cfg.is_identity
+
+    def perturb(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
+                ) -> tuple[jax.Array, AttackStepStats]:
+        logits = ctx.logits
+        avail = ctx.avail.astype(bool)
+        pi = masked_softmax(logits, avail)
+        pmax_before = jnp.max(pi)
+        if method == "none":
+            stats = _zero_stats()._replace(
+                stealth_loglik=stealth_loglik_from_logits(logits, logits, avail, f_a),
+                pmax_before=pmax_before, pmax_after=pmax_before)
+            return logits, stats
+
+        k_dir, k_att = jax.random.split(key)
+        n_avail = jnp.sum(avail)
+        if method == "random":
+            delta_hat, fallback = random_direction(k_dir, avail), n_avail < 2
+        elif method == "var":
+            delta_hat, fallback = variance_direction(k_dir, ctx, actor_logits_fn)
+        else:  # "jbased"
+            delta_hat, fallback = jbased_direction(k_dir, ctx, actor_logits_fn)
+
+        has_direction = jnp.any(delta_hat != 0)
+        if kl_u == 0.0:
+            beta, kl, saturated = jnp.float32(0.0), jnp.float32(0.0), jnp.array(False)
+        else:
+            beta, kl, saturated = find_beta(logits, avail, delta_hat, kl_u, bsn1, bsn2)
+            beta = jnp.where(has_direction, beta, 0.0)
+            kl = jnp.where(has_direction, kl, 0.0)
+            saturated = saturated & has_direction
+        perturbed = perturb_logits(logits, avail, delta_hat, beta)
+        pi_prime = masked_softmax(perturbed, avail)
+        attacked = jax.random.bernoulli(k_att, f_a)
+        out = logits if identity_output else jnp.where(attacked, perturbed, logits)
+        stats = AttackStepStats(
+            attacked=attacked.astype(jnp.float32),
+            stealth_loglik=stealth_loglik_from_logits(logits, perturbed, avail, f_a),
+            kl=kl,
+            beta=beta,
+            saturated=saturated.astype(jnp.float32),
+            fallback=fallback.astype(jnp.float32),
+            pmax_before=pmax_before,
+            pmax_after=jnp.max(pi_prime),
+        )
+        return out, stats
+
+    return perturb
