@@ -160,8 +160,7 @@ def test_identity_perturbation_equals_no_attack(monkeypatch):
 
     def identity(cfg):
         def perturb(key, ctx, logits_fn):
-            z = jnp.float32(0.0)
-            return ctx.logits, AttackStepStats(*([z] * len(AttackStepStats._fields)))
+            return ctx.logits, AttackStepStats.zeros()
         return perturb
 
     monkeypatch.setattr(perturb_mod, "make_perturbation", identity)

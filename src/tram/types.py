@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 Params = Any  # a pytree of arrays
 
@@ -75,7 +76,22 @@ class AttackStepStats(NamedTuple):
     fallback: jax.Array
     pmax_before: jax.Array
     pmax_after: jax.Array
+    delta_hat: Any = None
+    """``[A]`` the unit direction of this step, kept for the Fig. 4 samples (``None`` in
+    sums; see :meth:`scalars`)."""
 
+    @classmethod
+    def zeros(cls) -> "AttackStepStats":
+        """All scalar statistics 0, no direction."""
+        z = jnp.float32(0.0)
+        return cls(*([z] * SCALAR_STATS))
+
+    def scalars(self) -> "AttackStepStats":
+        """The same statistics without the direction (what is summed over steps)."""
+        return self._replace(delta_hat=None)
+
+
+SCALAR_STATS = 8  # the scalar fields of AttackStepStats, attacked .. pmax_after
 
 # perturb(key, ctx, actor_logits_fn) -> (logits_to_sample_from [A], AttackStepStats)
 PolicyPerturbation = Callable[[jax.Array, ActingContext, ActorLogitsFn], tuple[jax.Array, AttackStepStats]]

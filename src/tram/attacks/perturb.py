@@ -45,8 +45,11 @@ from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPert
 
 __all__ = ["ATTACK_METHODS", "AttackConfig", "make_perturbation", "identity_perturbation", "perturb_logits"]
 
-ATTACK_METHODS = ("none", "random", "var", "jbased")
+ATTACK_METHODS = ("none", "random", "var", "jbased", "worst_q")
 """Accepted values of :attr:`AttackConfig.method`."""
+
+ATTACK_AT = ("test", "train", "both")
+"""Accepted values of :attr:`AttackConfig.attack_at`."""
 
 _MAX_BSN1 = 126
 
@@ -57,7 +60,8 @@ class AttackConfig:
 
     method: str = "none"
     """Direction of the perturbation: ``none`` (clean run), ``random``, ``var``
-    (variance-based, Sec. 3.2) or ``jbased`` (J-based, Sec. 3.3)."""
+    (variance-based, Sec. 3.2) or ``jbased`` (J-based, Sec. 3.3); or ``worst_q``, the
+    deploy-time attack of Fig. 1 (:mod:`tram.attacks.deploy`; ``kl_u`` does not apply)."""
     f_a: float = 1.0
     """Attack frequency ``f_A`` in [0, 1]: each step, the poisoned agent samples from the
     perturbed policy with this probability (paper Table 1: 1.0)."""
@@ -73,6 +77,11 @@ class AttackConfig:
     bsn2: int = 15
     """``BSN_2`` of Algorithm 1: extra bisection steps (>= 0); the final bracket on beta
     has width ``2^-bsn2``."""
+    attack_at: str = "train"
+    """When the attack acts: ``train`` (training episodes), ``test`` (greedy evaluation
+    episodes only; training is untouched) or ``both``."""
+    attack_start: int = 0
+    """Env step from which the attack acts (>= 0; see :mod:`tram.attacks.deploy`)."""
 
     def __post_init__(self):
         if not isinstance(self.method, str) or self.method not in ATTACK_METHODS:
@@ -101,12 +110,18 @@ class AttackConfig:
                 accepted = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
                 raise ValueError(f"attack.{name} must be {accepted}; got {v!r}")
             object.__setattr__(self, name, int(v))
+        if not isinstance(self.attack_at, str) or self.attack_at not in ATTACK_AT:
+            raise ValueError(f"attack.attack_at must be one of {', '.join(ATTACK_AT)}; got {self.attack_at!r}")
+        v = self.attack_start
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"attack.attack_start must be an integer >= 0 (env steps); got {v!r}")
+        object.__setattr__(self, "attack_start", int(v))
 
     @property
     def is_identity(self) -> bool:
         """True if the attack can never change an action: method ``none``, ``f_a == 0``
-        or ``kl_u == 0``."""
-        return self.method == "none" or self.f_a == 0.0 or self.kl_u == 0.0
+        or ``kl_u == 0`` (the budget does not apply to ``worst_q``)."""
+        return self.method == "none" or self.f_a == 0.0 or (self.kl_u == 0.0 and self.method != "worst_q")
 
     def replace(self, **changes) -> "AttackConfig":
         """A validated copy with some fields changed."""
@@ -115,7 +130,7 @@ class AttackConfig:
 
 def _zero_stats() -> AttackStepStats:
     z = jnp.float32(0.0)
-    return AttackStepStats(*([z] * len(AttackStepStats._fields)))
+    return AttackStepStats.zeros()
 
 
 def identity_perturbation(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
@@ -185,6 +200,10 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
     Returns:
         ``perturb(key, ctx, actor_logits_fn) -> (logits [A], AttackStepStats)``.
     """
+    if cfg.method == "worst_q":  # the deploy-time attack, with critic Q-values (DOP, COMA)
+        from tram.attacks.deploy import make_worst_q_perturbation
+
+        return make_worst_q_perturbation(cfg)
     method, f_a, kl_u, bsn1, bsn2 = cfg.method, cfg.f_a, cfg.kl_u, cfg.bsn1, cfg.bsn2
     identity_output = cfg.is_identity
 
@@ -230,6 +249,7 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
             fallback=fallback.astype(jnp.float32),
             pmax_before=pmax_before,
             pmax_after=jnp.max(pi_prime),
+            delta_hat=delta_hat,
         )
         return out, stats
 

@@ -18,7 +18,9 @@ compute the same numbers.
 A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init_state``,
 ``store_episodes``, ``ready_to_train``, ``train_step``, ``attack_q_fn`` and
 ``buffer_bytes``; its state has ``actor_params``, ``critic_params``, ``prev_actor_grad``
-and ``has_prev_grad``.
+and ``has_prev_grad``. Optionally (QMIX): ``select_actions`` (its acting rule, default the
+floored softmax), ``SUPPORTED_ATTACKS`` (other methods are refused) and ``WORST_Q_SOURCE``
+(where the ``worst_q`` attack reads individual Q-values, default the critic).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tram.envs import make_env
 from tram.envs.base import TramEnv
 from tram.learners.actor import epsilon_at
 from tram.learners.episodes import EpisodeBuffer
-from tram.learners.rollout import AttackHook, collect_episodes, evaluate_greedy
+from tram.learners.rollout import AttackHook, AttackSample, collect_episodes, empty_sample, evaluate_greedy
 from tram.types import AttackStepStats
 
 ATTACK_FIELDS = ("stealth_loglik", "kl_mean", "kl_max", "beta_mean", "saturated_frac", "fallback_frac",
@@ -52,6 +54,8 @@ class WindowAcc(NamedTuple):
     kl_max: jax.Array
     updates: jax.Array
     info: dict  # sums of the learner's train_step info over the window's updates
+    samples: AttackSample  # [M, ...] the window's last M valid Fig. 4 samples (ring)
+    sample_pos: jax.Array
 
 
 class TrainState(NamedTuple):
@@ -81,15 +85,19 @@ class WindowMetrics(NamedTuple):
     pmax_after: jax.Array
     updates: jax.Array
     work: dict  # the learner's work counters summed over the window (for benchmarks)
+    samples: AttackSample  # [M, ...] Fig. 4 samples of the window (``valid`` marks real ones)
 
 
 WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots")
+SAMPLES_PER_WINDOW = 4
 
 
-def _zero_window(info_keys) -> WindowAcc:
+def _zero_window(info_keys, num_actions: int) -> WindowAcc:
     z = jnp.float32(0.0)
-    return WindowAcc(episodes=z, train_return=z, attack=AttackStepStats(*([z] * len(AttackStepStats._fields))),
-                     attack_steps=z, single_steps=z, kl_max=z, updates=z, info={k: z for k in info_keys})
+    samples = jax.tree.map(lambda x: jnp.stack([x] * SAMPLES_PER_WINDOW), empty_sample(num_actions))
+    return WindowAcc(episodes=z, train_return=z, attack=AttackStepStats.zeros(),
+                     attack_steps=z, single_steps=z, kl_max=z, updates=z, info={k: z for k in info_keys},
+                     samples=samples, sample_pos=jnp.int32(0))
 
 
 def learner_module(name: str):
@@ -133,6 +141,7 @@ class TrainProgram:
 
 def make_train(config) -> TrainProgram:
     """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
+    from tram.attacks.deploy import gate_perturbation, make_worst_q_perturbation
     from tram.attacks.perturb import make_perturbation
 
     cfg = config.learner
@@ -140,8 +149,22 @@ def make_train(config) -> TrainProgram:
     mod = learner_module(cfg.name)
     attack_cfg = config.attack
     attacking = attack_cfg.method != "none"
+    supported = getattr(mod, "SUPPORTED_ATTACKS", None)
+    if supported is not None and attack_cfg.method not in supported:
+        from tram.learners import LEARNER_CONFIGS
+
+        able = [n for n in LEARNER_CONFIGS
+                if attack_cfg.method in getattr(learner_module(n), "SUPPORTED_ATTACKS", (attack_cfg.method,))]
+        raise ValueError(f"attack method {attack_cfg.method!r} needs a policy-gradient learner ({', '.join(able)}); "
+                         f"{cfg.name} supports {', '.join(supported)}")
     agent = resolve_attacked_agent(attack_cfg.agent, env) if attacking else None
-    perturb = make_perturbation(attack_cfg) if attacking else None
+    perturb = None
+    if attacking:
+        perturb = (make_worst_q_perturbation(attack_cfg, getattr(mod, "WORST_Q_SOURCE", "critic"))
+                   if attack_cfg.method == "worst_q" else make_perturbation(attack_cfg))
+    train_attack = attacking and attack_cfg.attack_at in ("train", "both")
+    test_attack = attacking and attack_cfg.attack_at in ("test", "both")
+    select_actions = getattr(mod, "select_actions", None)
     storage = jnp.float16 if getattr(cfg, "storage_dtype", "float32") == "float16" else jnp.float32
 
     nets = mod.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
@@ -149,21 +172,26 @@ def make_train(config) -> TrainProgram:
     info_shape = jax.eval_shape(lambda s: mod.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
     info_keys = tuple(sorted(info_shape))
 
+    def attack_hook(ls, env_steps) -> AttackHook:
+        """The attack on the poisoned agent, the identity before ``attack.attack_start``."""
+        p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
+            perturb, env_steps >= attack_cfg.attack_start)
+        return AttackHook(perturb=p, agent=agent, q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
+                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad)
+
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
-        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=_zero_window(info_keys))
+        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
+                          window=_zero_window(info_keys, env.spec.num_actions))
 
     def iteration(state: TrainState) -> TrainState:
         key, k_roll, k_train = jax.random.split(state.key, 3)
         ls = state.learner
         eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
-        hook = None
-        if attacking:
-            hook = AttackHook(perturb=perturb, agent=agent,
-                              q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
-                              prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad)
-        episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage)
+        hook = attack_hook(ls, state.env_steps) if train_attack else None
+        episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage,
+                                        select_actions)
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
@@ -188,20 +216,25 @@ def make_train(config) -> TrainProgram:
             kl_max=jnp.maximum(w.kl_max, rs.attack_kl_max),
             updates=w.updates + ready.astype(jnp.float32),
             info={k: w.info[k] + info[k] for k in info_keys},
+            samples=jax.tree.map(
+                lambda ring, new: jnp.where(rs.sample.valid, ring.at[w.sample_pos].set(new), ring),
+                w.samples, rs.sample),
+            sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
         )
         return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
 
     def run_window(state: TrainState, until_env_steps) -> tuple[TrainState, WindowMetrics]:
         state = jax.lax.while_loop(lambda s: s.env_steps < until_env_steps, iteration, state)
         key, k_eval = jax.random.split(state.key)
-        ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes)
+        ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes,
+                             attack_hook(state.learner, state.env_steps) if test_attack else None)
         w = state.window
         nan = jnp.float32(jnp.nan)
         steps = jnp.maximum(w.attack_steps, 1.0)
         all_steps = jnp.maximum(w.attack_steps + w.single_steps, 1.0)
 
         def att(v):
-            return v if attacking else nan
+            return v if train_attack else nan
 
         a = w.attack
         metrics = WindowMetrics(
@@ -222,13 +255,14 @@ def make_train(config) -> TrainProgram:
             pmax_after=att(a.pmax_after / steps),
             updates=w.updates,
             work={k: w.info[k] for k in info_keys if k in WORK_KEYS},
+            samples=w.samples,
         )
         has_steps = w.attack_steps > 0
         metrics = metrics._replace(**{
-            f: jnp.where(has_steps | ~attacking, getattr(metrics, f), nan)
+            f: jnp.where(has_steps, getattr(metrics, f), nan) if train_attack else getattr(metrics, f)
             for f in ("stealth_loglik", "kl_mean", "beta_mean", "saturated_frac", "attacked_frac",
                       "pmax_before", "pmax_after")})
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys)), metrics
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
 
     targets = tuple(i * config.run.eval_interval for i in range(config.run.num_windows))
 

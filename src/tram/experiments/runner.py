@@ -91,6 +91,16 @@ def _rows(config: TrainConfig, program: TrainProgram, metrics) -> list[list[floa
     return rows
 
 
+def _samples(config: TrainConfig, metrics) -> dict[str, np.ndarray]:
+    """The window's valid Fig. 4 samples as flat arrays (``K`` records)."""
+    s = jax.tree.map(np.asarray, metrics.samples)
+    valid = s.valid  # [S, M]
+    seeds = np.broadcast_to(np.asarray(config.run.seeds)[:, None], valid.shape)
+    steps = np.broadcast_to(np.asarray(metrics.env_steps)[:, None], valid.shape)
+    return {"pi": s.pi[valid], "delta_hat": s.delta_hat[valid], "avail": s.avail[valid],
+            "env_steps": steps[valid].astype(np.int64), "seed": seeds[valid].astype(np.int64)}
+
+
 def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = True,
           checkpoint_every_s: float = 600.0, restart: bool = False, log=print) -> Path:
     """Trains ``config`` (all seeds at once) and writes its run directory under ``out``.
@@ -118,6 +128,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     template = jax.eval_shape(init, keys)
 
     start_window, rows = 0, []
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
     ckpt = None if restart else store.load_checkpoint(run_dir)
     if ckpt is not None:
         start_window, arrays, meta = ckpt
@@ -127,6 +138,9 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
         state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"leaf_{i:05d}"]) for i in range(len(leaves))])
         rows = [list(r) for r in meta["rows"]]
+        prev = store.load_run(run_dir).attack_samples if (run_dir / "attack_samples.npz").exists() else None
+        if prev:
+            samples = {k: [np.asarray(v)] for k, v in prev.items()}
         log(f"{run_dir}: resuming at evaluation {start_window} of {len(program.window_targets)}")
     else:
         if status == "partial":
@@ -147,6 +161,11 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         new_rows = _rows(config, program, metrics)
         rows.extend(new_rows)
         store.write_csv_atomic(run_dir / "metrics.csv", METRIC_COLUMNS, rows)
+        if program.attacked_agent is not None:
+            for k, v in _samples(config, metrics).items():
+                samples[k].append(v)
+            store.write_npz_atomic(run_dir / "attack_samples.npz",
+                                   **{k: np.concatenate(v) for k, v in samples.items()})
         elapsed = time.perf_counter() - t0
         steps = int(np.min(np.asarray(metrics.env_steps)))
         sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)

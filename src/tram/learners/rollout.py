@@ -33,6 +33,15 @@ from tram.learners.actor import RNNActor, actor_inputs, floored_policy, greedy_a
 from tram.learners.episodes import Episodes, empty_episodes
 from tram.types import ActingContext, AttackStepStats, PolicyPerturbation
 
+# select_actions(key, logits_or_q [B, N, A], avail [B, N, A], epsilon []) -> actions [B, N]
+SelectActions = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _sample_floored(key: jax.Array, logits: jax.Array, avail: jax.Array, epsilon: jax.Array) -> jax.Array:
+    """The default acting rule: sample from the epsilon-floored softmax (DOP, COMA)."""
+    return sample_actions(key, floored_policy(logits, avail, epsilon))
+
+
 # q_fn(state [S], obs [N, D], clean_actions [N], last_actions [N]) -> (q [A], mix_weight [])
 AttackQFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -45,6 +54,21 @@ class AttackHook(NamedTuple):
     q_fn: AttackQFn
     prev_actor_grad: Any
     has_prev_grad: jax.Array
+
+
+class AttackSample(NamedTuple):
+    """One state of the poisoned agent, for the paper's Fig. 4: ``pi [A]`` (softmax over
+    available actions, before the attack), ``delta_hat [A]``, ``avail [A]``, ``valid []``."""
+
+    pi: jax.Array
+    delta_hat: jax.Array
+    avail: jax.Array
+    valid: jax.Array
+
+
+def empty_sample(num_actions: int) -> AttackSample:
+    z = jnp.zeros((num_actions,), jnp.float32)
+    return AttackSample(pi=z, delta_hat=z, avail=jnp.zeros((num_actions,), bool), valid=jnp.bool_(False))
 
 
 class RolloutStats(NamedTuple):
@@ -60,6 +84,8 @@ class RolloutStats(NamedTuple):
         attack_steps: ``[]`` number of steps summed in ``attack``.
         attack_single_action_steps: ``[]`` steps of the poisoned agent with one action.
         attack_kl_max: ``[]`` the largest ``KL(pi' || pi)`` of those steps.
+        sample: an :class:`AttackSample` of environment 0 at a random step (``valid`` False
+            when that step was not an attackable step of the poisoned agent).
     """
 
     episode_return: jax.Array
@@ -69,10 +95,11 @@ class RolloutStats(NamedTuple):
     attack_steps: jax.Array
     attack_single_action_steps: jax.Array
     attack_kl_max: jax.Array
+    sample: AttackSample
 
 
 def _zero_attack_stats() -> AttackStepStats:
-    return AttackStepStats(*([jnp.float32(0.0)] * len(AttackStepStats._fields)))
+    return AttackStepStats.zeros()
 
 
 def collect_episodes(
@@ -84,8 +111,11 @@ def collect_episodes(
     num_envs: int,
     attack: AttackHook | None = None,
     storage_dtype=jnp.float32,
+    select_actions: SelectActions | None = None,
 ) -> tuple[Episodes, RolloutStats]:
-    """Runs ``num_envs`` episodes to their ends with the floored stochastic policy.
+    """Runs ``num_envs`` episodes to their ends with the floored stochastic policy, or with
+    the learner's acting rule ``select_actions`` (e.g. QMIX's epsilon-greedy) if given; the
+    attack then perturbs that rule's input in place of the logits.
 
     Returns:
         ``(episodes, stats)``: ``Episodes`` with ``E = num_envs`` and
@@ -93,7 +123,9 @@ def collect_episodes(
     """
     spec = env.spec
     n, a, limit = spec.num_agents, spec.num_actions, spec.episode_limit
-    key, reset_key = jax.random.split(key)
+    select = select_actions or _sample_floored
+    key, reset_key, sample_key = jax.random.split(key, 3)
+    sample_t = jax.random.randint(sample_key, (), 0, limit)
     env_state, ts = jax.vmap(env.reset_arrays)(jax.random.split(reset_key, num_envs))
     eps_store = empty_episodes(num_envs, limit, n, spec.obs_dim, spec.state_dim, a, storage_dtype)
     eps_store = eps_store._replace(
@@ -121,6 +153,7 @@ def collect_episodes(
         attack_steps: jax.Array
         single_steps: jax.Array
         kl_max: jax.Array
+        sample: AttackSample
 
     def cond(c: Carry):
         return (c.t <= limit) & jnp.any(c.active | c.pending)
@@ -129,9 +162,9 @@ def collect_episodes(
         key, k_act, k_att, k_env = jax.random.split(c.key, 4)
         x = actor_inputs(c.ts.obs, c.last, a)  # [B, N, I]
         logits, h_new = actor.apply(actor_params, c.h, x)
-        probs = floored_policy(logits, c.ts.avail, epsilon)
-        actions = sample_actions(k_act, probs)
+        actions = select(k_act, logits, c.ts.avail, epsilon)
         attack_sum, attack_steps, single_steps, kl_max = c.attack_sum, c.attack_steps, c.single_steps, c.kl_max
+        sample = c.sample
         if attack is not None:
             k = attack.agent
             q, mix = jax.vmap(attack.q_fn)(c.ts.state, c.ts.obs, actions, c.last)
@@ -150,14 +183,19 @@ def collect_episodes(
                 c.h[:, k], x[:, k],
             )
             logits_att = logits.at[:, k].set(new_logits_k)
-            probs_att = floored_policy(logits_att, c.ts.avail, epsilon)
-            actions = sample_actions(k_act, probs_att)
+            actions = select(k_act, logits_att, c.ts.avail, epsilon)
             multi = (jnp.sum(c.ts.avail[:, k], axis=-1) >= 2) & c.active
             w = multi.astype(jnp.float32)
-            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats)
+            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats.scalars())
             attack_steps = attack_steps + jnp.sum(w)
             single_steps = single_steps + jnp.sum((~multi & c.active).astype(jnp.float32))
             kl_max = jnp.maximum(kl_max, jnp.max(jnp.where(multi, stats.kl, 0.0)))
+            if stats.delta_hat is not None:
+                avail0 = c.ts.avail[0, k]
+                pi0 = jax.nn.softmax(jnp.where(avail0, logits[0, k], -jnp.inf))
+                take_it = (c.t == sample_t) & multi[0]
+                new = AttackSample(pi=pi0, delta_hat=stats.delta_hat[0], avail=avail0, valid=jnp.bool_(True))
+                sample = jax.tree.map(lambda a, b: jnp.where(take_it, a, b), new, sample)
         act, t, s = c.active, c.t, c.store
         # An env that ended at the previous step ("pending") records the action chosen in
         # its post-episode slot, which the critic targets bootstrap from (PyMARL selects
@@ -189,7 +227,7 @@ def collect_episodes(
             t=t + 1, key=key, env_state=env_state, ts=ts, h=h_new,
             last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
             pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
-            single_steps=single_steps, kl_max=kl_max,
+            single_steps=single_steps, kl_max=kl_max, sample=sample,
         )
 
     c0 = Carry(
@@ -197,11 +235,13 @@ def collect_episodes(
         pending=jnp.zeros((num_envs,), bool), store=eps_store, ret=jnp.zeros((num_envs,), jnp.float32),
         won=jnp.zeros((num_envs,), jnp.float32), attack_sum=_zero_attack_stats(),
         attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
+        sample=empty_sample(a),
     )
     c = jax.lax.while_loop(cond, body, c0)
     stats = RolloutStats(
         episode_return=c.ret, won=c.won, length=c.store.lengths, attack=c.attack_sum,
         attack_steps=c.attack_steps, attack_single_action_steps=c.single_steps, attack_kl_max=c.kl_max,
+        sample=c.sample,
     )
     return c.store, stats
 
@@ -222,10 +262,33 @@ class EvalStats(NamedTuple):
     won: jax.Array
 
 
+def _perturbed_greedy_logits(attack: AttackHook, actor: RNNActor, actor_params: Any, key: jax.Array,
+                             logits: jax.Array, ts, last: jax.Array, h: jax.Array, x: jax.Array) -> jax.Array:
+    """``logits [B, N, A]`` with the poisoned agent's row replaced by ``attack.perturb``
+    (epsilon 0; ``q_fn`` sees the teammates' clean greedy actions); statistics dropped."""
+    k = attack.agent
+    q, mix = jax.vmap(attack.q_fn)(ts.state, ts.obs, greedy_actions(logits, ts.avail), last)
+
+    def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b):
+        ctx = ActingContext(
+            logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b, actor_params=actor_params,
+            actor_hidden=h_b, actor_input=x_b, prev_actor_grad=attack.prev_actor_grad,
+            has_prev_grad=attack.has_prev_grad, epsilon=jnp.float32(0.0),
+        )
+        return attack.perturb(key_b, ctx, _one_step_logits(actor))[0]
+
+    new_k = jax.vmap(one_env)(jax.random.split(key, logits.shape[0]), logits[:, k], ts.avail[:, k], q, mix,
+                              h[:, k], x[:, k])
+    return logits.at[:, k].set(new_k)
+
+
 def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.Array,
-                    num_episodes: int) -> EvalStats:
-    """Runs ``num_episodes`` test episodes at once with the greedy policy (no epsilon, no
-    attack: TRAM is silent at test time). Returns :class:`EvalStats` with ``E = num_episodes``."""
+                    num_episodes: int, attack: AttackHook | None = None) -> EvalStats:
+    """Runs ``num_episodes`` test episodes at once with the greedy policy (no epsilon; no
+    attack unless ``attack`` is given: TRAM is silent at test time, the deploy-time attack
+    is not). With ``attack`` the poisoned agent takes the argmax of its perturbed logits;
+    the environments see the same keys as without it. Returns :class:`EvalStats` with
+    ``E = num_episodes``."""
     spec = env.spec
     n, a, limit = spec.num_agents, spec.num_actions, spec.episode_limit
     key, reset_key = jax.random.split(key)
@@ -237,7 +300,12 @@ def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.A
     def body(c):
         t, key, env_state, ts, h, active, last, ret, won = c
         key, k_env = jax.random.split(key)
-        logits, h = actor.apply(actor_params, h, actor_inputs(ts.obs, last, a))
+        x = actor_inputs(ts.obs, last, a)
+        logits, h_new = actor.apply(actor_params, h, x)
+        if attack is not None:
+            logits = _perturbed_greedy_logits(attack, actor, actor_params, jax.random.fold_in(k_env, 1), logits,
+                                              ts, last, h, x)
+        h = h_new
         actions = jnp.where(active[:, None], greedy_actions(logits, ts.avail), 0)
         env_state, ts = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_episodes), env_state, actions)
         ret = ret + jnp.where(active, ts.reward, 0.0)
