@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from tabulate import tabulate
 
+from common import time_windows
+
 from tram.attacks.perturb import AttackConfig
 from tram.config import EnvConfig, RunConfig, TrainConfig
 from tram.envs import make_env
-from tram.experiments.program import make_train
 from tram.learners import LEARNER_CONFIGS, coma, dop
 from tram.learners.actor import actor_inputs, floored_policy
 from tram.learners.common import rmsprop
@@ -185,38 +186,16 @@ def measure(name: str, env_name: str, seeds: int, windows: int, eval_interval: i
     config = TrainConfig(env=EnvConfig(env_name), learner=cfg, attack=AttackConfig(),
                          run=RunConfig(steps=eval_interval * (windows + 1), seeds=tuple(range(seeds)),
                                        eval_interval=eval_interval))
-    prog = make_train(config)
-    keys = jnp.stack([jax.random.PRNGKey(s) for s in range(seeds)])
-    init = jax.jit(jax.vmap(prog.init))
-    run_window = jax.jit(jax.vmap(prog.run_window, in_axes=(0, None)))
-    t = time.perf_counter()
-    state = init(keys)
-    state, m = run_window(state, jnp.int32(0))  # compiles; step-0 evaluation
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t
-    state, m = run_window(state, jnp.int32(prog.window_targets[1]))  # warm the buffers
-    jax.block_until_ready(m)
-    steps0 = np.asarray(m.env_steps).copy()
-    t = time.perf_counter()
-    work = {k: 0.0 for k in ("critic_timesteps", "target_slots", "actor_slots")}
-    updates = 0.0
-    for w in range(2, windows + 2):
-        state, m = run_window(state, jnp.int32(prog.window_targets[w]))
-        jax.block_until_ready(m)
-        for k in work:
-            work[k] += float(np.sum(np.asarray(m.work[k])))
-        updates += float(np.sum(np.asarray(m.updates)))
-    wall = time.perf_counter() - t
-    env_steps = float(np.sum(np.asarray(m.env_steps) - steps0))
-    units = unit_flops(name, cfg, prog.env.spec)
-    flops = (work["critic_timesteps"] * units["critic_step"] + work["target_slots"] * units["target_slot"]
-             + work["actor_slots"] * units["actor_slot"] + env_steps * units["act_step_per_env"])
+    tm = time_windows(config, windows)
+    units = unit_flops(name, cfg, tm.program.env.spec)
+    flops = (tm.work["critic_timesteps"] * units["critic_step"] + tm.work["target_slots"] * units["target_slot"]
+             + tm.work["actor_slots"] * units["actor_slot"] + tm.env_steps * units["act_step_per_env"])
     return {
         "learner": name, "env": env_name, "seeds": seeds, "num_envs": cfg.num_envs,
-        "env_steps_per_s": env_steps / wall, "compile_s": compile_s, "wall_s": wall,
-        "updates": updates, "flops_per_iter": flops / max(updates, 1.0),
-        "flops_per_s": flops / wall, "units": units,
-        "mean_critic_timesteps": work["critic_timesteps"] / max(updates, 1.0),
+        "env_steps_per_s": tm.steps_per_s, "compile_s": tm.compile_s, "wall_s": tm.wall_s,
+        "updates": tm.updates, "flops_per_iter": flops / max(tm.updates, 1.0),
+        "flops_per_s": flops / tm.wall_s, "units": units,
+        "mean_critic_timesteps": tm.work["critic_timesteps"] / max(tm.updates, 1.0),
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 

@@ -66,7 +66,12 @@ class TrainState(NamedTuple):
 
 
 class WindowMetrics(NamedTuple):
-    """One evaluation (one seed): scalars. Attack columns are NaN without an attack."""
+    """One evaluation (one seed): scalars. Attack columns are NaN without an attack or
+    when the window had no attack step. Attack statistics are means over the poisoned
+    agent's steps with at least two available actions (a step with one available action
+    admits no perturbation and counts in ``fallback_frac``); ``stealth_loglik`` is Eq. 3;
+    ``beta_mean`` averages the steps whose KL reached the budget (a saturated search
+    returns 2^BSN1; see ``saturated_frac``); ``pmax_*`` is the Fig. 4 statistic."""
 
     env_steps: jax.Array
     test_return: jax.Array
@@ -247,7 +252,8 @@ def make_train(config) -> TrainProgram:
             stealth_loglik=att(a.stealth_loglik / steps),
             kl_mean=att(a.kl / steps),
             kl_max=att(w.kl_max),
-            beta_mean=att(a.beta / steps),
+            beta_mean=att(jnp.where(w.attack_steps > a.saturated,
+                                    a.beta / jnp.maximum(w.attack_steps - a.saturated, 1.0), nan)),
             saturated_frac=att(a.saturated / steps),
             fallback_frac=att((a.fallback + w.single_steps) / all_steps),
             attacked_frac=att(a.attacked / steps),
@@ -260,8 +266,11 @@ def make_train(config) -> TrainProgram:
         has_steps = w.attack_steps > 0
         metrics = metrics._replace(**{
             f: jnp.where(has_steps, getattr(metrics, f), nan) if train_attack else getattr(metrics, f)
-            for f in ("stealth_loglik", "kl_mean", "beta_mean", "saturated_frac", "attacked_frac",
+            for f in ("stealth_loglik", "kl_mean", "kl_max", "beta_mean", "saturated_frac", "attacked_frac",
                       "pmax_before", "pmax_after")})
+        if train_attack:
+            metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,
+                                                               metrics.fallback_frac, nan))
         return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
 
     targets = tuple(i * config.run.eval_interval for i in range(config.run.num_windows))

@@ -78,7 +78,8 @@ class RolloutStats(NamedTuple):
         episode_return: ``[B]`` undiscounted return per episode.
         won: ``[B]`` float, 1.0 if the episode was won (SMAX) / succeeded at any step (grid).
         length: ``[B]`` int32 episode lengths.
-        attack: ``AttackStepStats`` of ``[]`` sums over the poisoned agent's steps that had
+        attack: ``AttackStepStats`` of ``[]`` sums (``beta`` over unsaturated steps only)
+            over the poisoned agent's steps that had
             at least two available actions (steps with a single available action admit no
             perturbation; they are counted in ``attack_single_action_steps``).
         attack_steps: ``[]`` number of steps summed in ``attack``.
@@ -186,7 +187,10 @@ def collect_episodes(
             actions = select(k_act, logits_att, c.ts.avail, epsilon)
             multi = (jnp.sum(c.ts.avail[:, k], axis=-1) >= 2) & c.active
             w = multi.astype(jnp.float32)
-            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats.scalars())
+            # beta is summed over unsaturated steps only: a saturated search returns
+            # 2^BSN1, which would swamp the mean (saturation has its own statistic).
+            stats_sum = stats.scalars()._replace(beta=stats.beta * (1.0 - stats.saturated))
+            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats_sum)
             attack_steps = attack_steps + jnp.sum(w)
             single_steps = single_steps + jnp.sum((~multi & c.active).astype(jnp.float32))
             kl_max = jnp.maximum(kl_max, jnp.max(jnp.where(multi, stats.kl, 0.0)))

@@ -1,0 +1,54 @@
+"""Cost of TRAM inside training: training time per env step under each attack method divided
+by the clean run's, DOP on SMAX 3m at the paper's setting (4 envs per seed, 5 seeds
+vmapped), all measured in the same run. Goal: <= 1.10 for var and J.
+
+    python benchmarks/attack_overhead.py [--env 3m] [--seeds 5] [--windows 1] [--quick]
+
+The attack adds work only at acting time (per poisoned agent and step: a Jacobian of its
+logits, a few small products, the 125-step beta search); the learner's updates are
+unchanged. Each method's time per env step covers collection, updates and evaluation of
+whole evaluation windows after the buffers are warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tabulate import tabulate
+
+from common import time_windows
+from tram.attacks.perturb import AttackConfig
+from tram.config import EnvConfig, RunConfig, TrainConfig
+from tram.learners.dop import DOPConfig
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--env", default="3m")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--windows", type=int, default=1)
+    ap.add_argument("--eval-interval", type=int, default=10_000)
+    ap.add_argument("--quick", action="store_true", help="2 seeds, windows of 2000 steps")
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.eval_interval = 2, 2000
+    rows, base = [], None
+    for method in ("none", "random", "jbased", "var"):
+        cfg = TrainConfig(env=EnvConfig(args.env), learner=DOPConfig(),
+                          attack=AttackConfig(method=method, f_a=1.0, kl_u=6.0),
+                          run=RunConfig(steps=args.eval_interval * (args.windows + 1), seeds=tuple(range(args.seeds)),
+                                        eval_interval=args.eval_interval))
+        tm = time_windows(cfg, args.windows)
+        per_step = tm.wall_s / tm.env_steps
+        per_update = tm.wall_s / max(tm.updates, 1.0)
+        if base is None:
+            base = (per_step, per_update)
+        rows.append([method, f"{tm.steps_per_s:,.0f}", f"{per_step * 1e3:.3f}", f"{per_step / base[0]:.3f}",
+                     f"{per_update * 1e3:.0f}", f"{per_update / base[1]:.3f}", f"{tm.compile_s:.0f}"])
+        print(rows[-1], flush=True)
+    print(tabulate(rows, headers=["method", "env steps/s (all seeds)", "ms per env step", "ratio to clean",
+                                  "ms per iteration", "ratio per iteration", "compile s"]))
+
+
+if __name__ == "__main__":
+    main()
