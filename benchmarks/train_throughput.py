@@ -208,6 +208,8 @@ def main():
     ap.add_argument("--windows", type=int, default=2, help="measured evaluation windows")
     ap.add_argument("--eval-interval", type=int, default=10_000)
     ap.add_argument("--quick", action="store_true", help="2 seeds, 1 window of 2000 steps")
+    ap.add_argument("--write-preset", action="store_true",
+                    help="save the measured rates to src/tram/presets/throughput.json (used by `tram reproduce`)")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.windows, args.eval_interval = 2, 1, 2000
@@ -226,6 +228,19 @@ def main():
                      f"{r['flops_per_s'] / peak:.2f}"])
     print(tabulate(rows, headers=["learner", "env", "seeds", "envs/seed", "env steps/s (all seeds)", "compile s",
                                   "peak RSS GiB", "GFLOP/iter (all seeds)", "GFLOP/s", "utilisation"]))
+    if args.write_preset:
+        import json
+        from pathlib import Path
+
+        spec = make_env(args.env).spec
+        preset = Path(__file__).resolve().parent.parent / "src" / "tram" / "presets" / "throughput.json"
+        old = json.loads(preset.read_text()) if preset.exists() else {"steps_per_s": {}}
+        old["steps_per_s"].update({r["learner"]: round(r["env_steps_per_s"] * 5 / r["seeds"], 1) for r in results})
+        old["reference_env"] = {"name": args.env, "num_agents": spec.num_agents, "obs_dim": spec.obs_dim,
+                                "state_dim": spec.state_dim}
+        old["measured_by"] = "python benchmarks/train_throughput.py --write-preset (env steps/s summed over 5 seeds)"
+        preset.write_text(json.dumps(old, indent=2) + "\n")
+        print(f"wrote {preset}")
     dop_r = next((r for r in results if r["learner"] == "dop"), None)
     if dop_r is not None:
         raw = smax_raw_steps_per_s(args.env, dop_r["num_envs"] * dop_r["seeds"])

@@ -115,6 +115,7 @@ def train(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field: learner.critic_lr=5e-4."),
     restart: bool = typer.Option(False, help="Ignore a checkpoint and train from scratch."),
     no_progress: bool = typer.Option(False, help="No progress bar."),
+    checkpoint_every: float = typer.Option(600.0, help="Seconds between checkpoints (resume point if killed)."),
 ):
     """Train a learner (optionally under a TRAM attack) on all seeds at once; writes a run directory."""
     from tram.experiments.runner import train as run_train
@@ -124,7 +125,7 @@ def train(
                            eval_interval, test_episodes, set_ or [])
     except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e))
-    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart)
+    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=checkpoint_every)
     typer.echo(str(run_dir))
 
 
@@ -161,10 +162,11 @@ def sweep_file(name_or_path: str) -> Path:
     raise typer.BadParameter(f"sweep file {name_or_path!r} does not exist and is not a preset; presets: {', '.join(names)}")
 
 
-def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str]) -> int:
+def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str], checkpoint_every: float = 600.0) -> int:
     from tram.experiments.sweep import run_sweep
 
-    results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo)
+    results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo,
+                        checkpoint_every_s=checkpoint_every)
     return sum(1 for r in results if r.error)
 
 
@@ -175,6 +177,7 @@ def sweep(
     backend: str = typer.Option("local", help="local (in-process) or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     dry_run: bool = typer.Option(False, help="Only list the cells."),
+    checkpoint_every: float = typer.Option(600.0, help="Seconds between checkpoints of a running cell."),
 ):
     """Run a grid of (env, learner, method, f_A, KL_U) cells; finished cells are skipped."""
     from tram.experiments.sweep import SweepError, load_sweep
@@ -188,7 +191,7 @@ def sweep(
             typer.echo(f"{c.env.name} {c.learner.name} {c.attack.method} f_a={c.attack.f_a:g} kl_u={c.attack.kl_u:g} "
                        f"seeds={len(c.run.seeds)} steps={c.run.steps:,}")
         return
-    failures = _run_sweep_cli(configs, out, backend, address)
+    failures = _run_sweep_cli(configs, out, backend, address, checkpoint_every)
     raise typer.Exit(code=1 if failures else 0)
 
 

@@ -78,11 +78,11 @@ def episodes_nbytes(num: int, limit: int, num_agents: int, obs_dim: int, state_d
 
 
 def loss_mask(filled: jax.Array, terminated: jax.Array) -> jax.Array:
-    """PyMARL's mask over the first ``T`` slots: ``filled[:T]`` with
-    ``mask[1:] *= 1 - terminated[:T-1]``. ``[..., T+1] -> [..., T]`` float32."""
-    f = filled[..., :-1].astype(jnp.float32)
-    term = terminated[..., :-1].astype(jnp.float32)
-    return f.at[..., 1:].multiply(1.0 - term[..., :-1])
+    """PyMARL's mask over the first ``T`` slots of stored episodes
+    (:func:`tram.learners.targets.episode_mask` per episode). ``[..., T+1] -> [..., T]`` float32."""
+    from tram.learners.targets import episode_mask
+
+    return jnp.vectorize(episode_mask, signature="(t),(t)->(t)")(filled[..., :-1], terminated[..., :-1])
 
 
 class EpisodeBuffer(NamedTuple):

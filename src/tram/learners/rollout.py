@@ -8,7 +8,8 @@ no step is computed past it. Finished environments are masked, not reset.
 The acting step, per environment and step ``t``:
 
 1. actor forward for all agents: ``logits [B, N, A]``;
-2. ``clean = sample(key_act, floored_policy(logits))``;
+2. ``clean = sample(key_act, floored_policy(logits))`` (or the learner's own acting rule,
+   ``select_actions(key_act, logits, avail, epsilon)``, e.g. QMIX's epsilon-greedy);
 3. with an attack: the poisoned agent's logits are replaced by
    ``perturb(key_attack, ctx)``, where ``ctx`` (``tram.types.ActingContext``) holds its
    logits, available actions, the critic's per-action values (from the learner's

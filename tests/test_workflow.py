@@ -1,0 +1,138 @@
+"""The experiment workflow end to end: a sweep killed with SIGKILL resumes (finished cells
+skipped, the interrupted one resumed from its checkpoint) and ends with the same metrics as
+an uninterrupted sweep; corrupt files are reported; bad sweep files name the key; the Ray
+backend runs a two-cell sweep; the report reads the store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tram.experiments import store
+from tram.experiments.sweep import SweepError, expand_grid, load_sweep, run_sweep
+
+TINY = {
+    "envs": ["gather"],
+    "learners": ["dop"],
+    "methods": ["none", "random"],
+    "seeds": 2,
+    "steps": 1500,
+    "eval_interval": 250,
+    "test_episodes": 4,
+    "set": {"learner.off_buffer_size": 64, "learner.epsilon_anneal_steps": 1000},
+}
+
+
+def _metrics(root: Path) -> dict[str, dict]:
+    return {p.name: store.read_metrics(p / "metrics.csv") for p in store.find_runs(root)}
+
+
+def _tram(*args):
+    return [str(Path(sys.executable).parent / "tram"), *args]
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(TINY))
+    killed = tmp_path / "killed"
+    cmd = _tram("sweep", str(sweep_file), "--out", str(killed), "--checkpoint-every", "0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill once the first cell has finished and the second has written a checkpoint.
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        runs = store.find_runs(killed) if killed.exists() else []
+        done = [r for r in runs if store.run_status(r) == "done"]
+        ckpt = [r for r in runs if (r / "checkpoint" / "meta.json").exists()]
+        if done and ckpt:
+            break
+        if proc.poll() is not None:
+            pytest.fail("the sweep finished before it could be killed; make TINY longer")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    statuses = sorted(store.run_status(r) for r in store.find_runs(killed))
+    assert statuses == ["done", "partial"], statuses
+    first_done = [r for r in store.find_runs(killed) if store.run_status(r) == "done"][0]
+    mtime = (first_done / "summary.json").stat().st_mtime_ns
+
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[skip]" in out.stdout
+    assert (first_done / "summary.json").stat().st_mtime_ns == mtime, "a finished run was redone"
+
+    clean = tmp_path / "clean"
+    results = run_sweep(load_sweep(sweep_file), clean, log=lambda *_: None)
+    assert not any(r.error for r in results)
+    a, b = _metrics(killed), _metrics(clean)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        for col in a[name]:
+            np.testing.assert_array_equal(a[name][col], b[name][col], err_msg=f"{name}: {col}")
+
+
+def test_corrupt_checkpoint_is_reported_not_used(tmp_path):
+    from tram.config import TrainConfig
+    from tram.experiments.runner import train
+
+    cfg = expand_grid({**TINY, "methods": ["none"], "seeds": 1})[0]
+    run_dir = tmp_path / store.run_name(cfg.to_dict())
+    run_dir.mkdir(parents=True)
+    store.write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    store.save_checkpoint(run_dir, 1, {"leaf_00000": np.zeros(3)}, {"num_leaves": 1, "rows": []})
+    npz = next((run_dir / "checkpoint").glob("*.npz"))
+    npz.write_bytes(npz.read_bytes()[:20])  # truncated
+    with pytest.raises(store.CorruptRunError, match="checkpoint"):
+        train(TrainConfig.from_dict(cfg.to_dict()), tmp_path, progress=False, log=lambda *_: None)
+
+
+def test_truncated_metrics_is_reported(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    header = ",".join(store.METRIC_COLUMNS)
+    (run / "metrics.csv").write_text(header + "\n0,0,1.0\n")
+    with pytest.raises(store.CorruptRunError, match="metrics.csv"):
+        store.read_metrics(run / "metrics.csv")
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({**TINY, "envz": ["gather"]}, "envz"),
+    ({**TINY, "methods": ["var", "bogus"]}, "bogus"),
+    ({**TINY, "envs": ["nowhere"]}, "nowhere"),
+    ({**TINY, "f_a": [1.5], "methods": ["var"]}, "f_a"),
+    ({**TINY, "seeds": "many"}, "seeds"),
+    ({k: v for k, v in TINY.items() if k != "envs"}, "envs"),
+    ({**TINY, "set": {"learner.no_such_field": 1}}, "no_such_field"),
+])
+def test_bad_sweep_files_name_the_key(spec, needle):
+    with pytest.raises(SweepError, match=needle):
+        expand_grid(spec)
+
+
+def test_clean_cells_are_not_repeated_over_budgets():
+    configs = expand_grid({**TINY, "methods": ["none", "var"], "f_a": [0.5, 1.0], "kl_u": [2, 6]})
+    assert sum(c.attack.method == "none" for c in configs) == 1
+    assert sum(c.attack.method == "var" for c in configs) == 4
+
+
+@pytest.mark.timeout(900)
+def test_ray_backend_runs_a_two_cell_sweep(tmp_path):
+    ray = pytest.importorskip("ray")
+    configs = expand_grid({**TINY, "steps": 500})
+    try:
+        results = run_sweep(configs, tmp_path / "runs", backend="ray", log=lambda *_: None)
+    finally:
+        ray.shutdown()
+    assert len(results) == 2 and not any(r.error for r in results), [r.error for r in results]
+    assert all(store.run_status(Path(r.run_dir)) == "done" for r in results)
+    # and the report reads that store
+    from tram.report import make_report
+
+    paths = make_report(tmp_path / "runs", tmp_path / "report", log=lambda *_: None)
+    assert any(p.suffix == ".png" for p in paths)
