@@ -440,3 +440,22 @@ def test_qmix_beats_random_policy_on_gather():
 def test_qmix_wins_3m():
     _, won = _train_final("3m", qmix.QMIXConfig(), 1_000_000, seeds=(0, 1))
     assert np.all(won >= 0.8), f"QMIX on 3m: final test win rate {won}"
+
+
+def test_fig1_branches_share_the_clean_run_until_the_attack_starts():
+    # `tram reproduce fig1` runs clean, test-only and train+test worst-Q attacks as three runs:
+    # they must equal the clean run bit for bit before attack_start (so they are branches of
+    # it), and the test-only attack must never change training.
+    small = qmix.QMIXConfig(buffer_size=64, batch_size=4, rnn_hidden=16, hypernet_embed=16, mixing_embed=8)
+    run = RunConfig(steps=800, seeds=(0,), eval_interval=200, test_episodes=8)
+    m = {at: _run(TrainConfig(env=EnvConfig("gather"), learner=small, run=run,
+                              attack=AttackConfig(method="worst_q", f_a=1.0, attack_at=at, attack_start=400)))
+         for at in ("test", "both")}
+    m["none"] = _run(TrainConfig(env=EnvConfig("gather"), learner=small, run=run, attack=AttackConfig()))
+    before = np.asarray(m["none"].env_steps)[0] < 400
+    for at in ("test", "both"):
+        for f in ("env_steps", "test_return", "train_return", "critic_loss"):
+            np.testing.assert_array_equal(np.asarray(getattr(m[at], f))[0, before],
+                                          np.asarray(getattr(m["none"], f))[0, before], err_msg=f"{at}: {f}")
+    for f in ("env_steps", "train_return", "critic_loss"):
+        np.testing.assert_array_equal(np.asarray(getattr(m["test"], f)), np.asarray(getattr(m["none"], f)), err_msg=f)

@@ -66,7 +66,8 @@ def apply_overrides(cfg_dict: dict, sets: list[str]) -> dict:
 
 
 def build_config(env: str, learner: str, steps: int, seeds: tuple[int, ...], attack: str, fa: float,
-                 kl: float, attacked_agent: str, eval_interval: int, test_episodes: int, sets: list[str]):
+                 kl: float, attacked_agent: str, eval_interval: int, test_episodes: int, sets: list[str],
+                 attack_at: str = "train", attack_start: int = 0):
     """Builds and validates a :class:`tram.config.TrainConfig` from CLI values."""
     from tram.config import EnvConfig, RunConfig, TrainConfig
     from tram.learners import LEARNER_CONFIGS
@@ -78,7 +79,8 @@ def build_config(env: str, learner: str, steps: int, seeds: tuple[int, ...], att
     base = TrainConfig(
         env=EnvConfig(name=env),
         learner=LEARNER_CONFIGS[learner](),
-        attack=AttackConfig(method=attack, f_a=fa, kl_u=kl, agent=agent),
+        attack=AttackConfig(method=attack, f_a=fa, kl_u=kl, agent=agent, attack_at=attack_at,
+                            attack_start=attack_start),
         run=RunConfig(steps=steps, seeds=seeds, eval_interval=eval_interval, test_episodes=test_episodes),
     )
     return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
@@ -102,13 +104,15 @@ def envs():
 @app.command()
 def train(
     env: str = typer.Option("3m", help="Environment name (see `tram envs`)."),
-    learner: str = typer.Option("dop", help="dop or coma."),
+    learner: str = typer.Option("dop", help="dop, coma or qmix."),
     steps: str = typer.Option("2e6", help="Env steps per seed, e.g. 2e6."),
     seeds: str = typer.Option("5", help="Seed count (5) or list (0,3,7); all run in one program."),
-    attack: str = typer.Option("none", help="none, random, var or jbased."),
+    attack: str = typer.Option("none", help="none, random, var, jbased (TRAM) or worst_q (deploy-time)."),
     fa: float = typer.Option(1.0, "--fa", help="Attack frequency f_A in [0, 1]."),
     kl: float = typer.Option(6.0, "--kl", help="KL budget KL_U >= 0."),
     attacked_agent: str = typer.Option("0", help="Poisoned agent: index or unit type (zealot, colossus...)."),
+    attack_at: str = typer.Option("train", help="Where the attack acts: train, test or both."),
+    attack_start: int = typer.Option(0, help="Env step from which the attack acts."),
     eval_interval: int = typer.Option(10_000, help="Env steps between greedy evaluations."),
     test_episodes: int = typer.Option(32, help="Greedy test episodes per evaluation."),
     out: Path = typer.Option(Path("runs"), help="Run store directory."),
@@ -122,7 +126,7 @@ def train(
 
     try:
         cfg = build_config(env, learner, parse_steps(steps), parse_seeds(seeds), attack, fa, kl, attacked_agent,
-                           eval_interval, test_episodes, set_ or [])
+                           eval_interval, test_episodes, set_ or [], attack_at, attack_start)
     except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e))
     run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=checkpoint_every)
@@ -233,9 +237,27 @@ def _estimate_seconds(configs) -> float:
     return total
 
 
+def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int, fa: float):
+    """Fig. 1 of the paper: QMIX trained clean; from ``attack_start`` on, the poisoned agent
+    takes its worst-Q action (deploy-time attack) at test time only, or at training and test
+    time. The runs are deterministic and the attack is gated by ``attack_start``, so all three
+    share their first ``attack_start`` steps bit for bit: the two attacked runs are branches
+    of the clean run at that step (tested in tests/test_qmix.py)."""
+    from tram.attacks.perturb import AttackConfig
+    from tram.config import EnvConfig, RunConfig, TrainConfig
+    from tram.learners import LEARNER_CONFIGS
+
+    run = RunConfig(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000))
+    base = dict(env=EnvConfig(env), learner=LEARNER_CONFIGS["qmix"](), run=run)
+    return [TrainConfig(**base, attack=AttackConfig(method="none")),
+            TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="test", attack_start=attack_start)),
+            TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="both", attack_start=attack_start))]
+
+
 @app.command()
 def reproduce(
-    target: str = typer.Argument("paper", help="paper (Figs. 2, 3, 5, 6, App. D) or demo."),
+    target: str = typer.Argument("paper", help="paper (Figs. 2, 3, 5, 6, App. D), fig1 (QMIX, deploy- vs "
+                                 "training-time attack) or demo."),
     maps: Optional[list[str]] = typer.Option(None, "--maps", help="Restrict to these environments."),
     steps: Optional[str] = typer.Option(None, help="Env steps per seed (default: the paper's 2e6)."),
     seeds: Optional[str] = typer.Option(None, help="Seed count or list (default 5)."),
@@ -244,17 +266,26 @@ def reproduce(
     backend: str = typer.Option("local", help="local or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address."),
     dry_run: bool = typer.Option(False, help="Print the plan and the time estimate only."),
+    map_: str = typer.Option("3m", "--map", help="fig1: the SMAX map (the paper does not name it)."),
+    attack_start: str = typer.Option("1e6", help="fig1: env step at which the deploy-time attack starts."),
+    fa: float = typer.Option(1.0, "--fa", help="fig1: probability that the poisoned agent takes its worst-Q action."),
 ):
-    """Run the paper's experiment grid, then the report."""
+    """Run the paper's experiment grid (or Fig. 1's three QMIX runs), then the report."""
     import yaml
 
     from tram.experiments.sweep import SweepError, expand_grid
     from tram.report import make_report
 
-    presets = {"paper": PAPER_PRESETS, "demo": ("demo",)}
+    presets = {"paper": PAPER_PRESETS, "demo": ("demo",), "fig1": ()}
     if target not in presets:
         raise typer.BadParameter(f"reproduce target must be one of {', '.join(presets)}, got {target!r}")
     configs, seen = [], set()
+    if target == "fig1":
+        try:
+            configs = fig1_configs(map_, parse_steps(steps or "2e6"), parse_seeds(seeds or "5"),
+                                   parse_steps(attack_start), fa)
+        except ValueError as e:
+            raise typer.BadParameter(str(e))
     for name in presets[target]:
         spec = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())
         if maps:

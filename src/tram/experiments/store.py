@@ -166,7 +166,9 @@ def run_name(config: Mapping[str, Any]) -> str:
             f"run_name needs env.name, learner.name, attack.method and run.steps; missing {e}"
         ) from None
     parts = [_slug(env), _slug(learner), _slug(method)]
-    if method != "none":
+    if method == "worst_q":  # a deploy-time attack has no KL budget; name where it acts
+        parts += [f"fa{_short_number(attack['f_a'])}", str(attack.get("attack_at", "train"))]
+    elif method != "none":
         parts += [f"fa{_short_number(attack['f_a'])}", f"kl{_short_number(attack['kl_u'])}"]
     parts += [f"{_short_steps(steps)}steps", config_hash(config)]
     return "-".join(parts)
@@ -682,7 +684,12 @@ class Run:
 
     @property
     def method(self) -> str:
-        return str(self.config["attack"]["method"])
+        """The attack method; the deploy-time ``worst_q`` attack is told apart by where it
+        acts (``worst_q_test``, ``worst_q_train``, ``worst_q_both``), as Fig. 1 compares them."""
+        attack = self.config["attack"]
+        if attack["method"] == "worst_q":
+            return f"worst_q_{attack.get('attack_at', 'train')}"
+        return str(attack["method"])
 
     @property
     def f_a(self) -> float | None:

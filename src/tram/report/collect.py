@@ -16,7 +16,7 @@ from tram.report.stats import curve_with_ci
 
 Family = Literal["smax", "grid"]
 
-METHOD_ORDER: tuple[str, ...] = ("none", "random", "jbased", "var")
+METHOD_ORDER: tuple[str, ...] = ("none", "random", "jbased", "var", "worst_q_test", "worst_q_train", "worst_q_both")
 """Legend order of attack methods."""
 ATTACK_METHODS: tuple[str, ...] = ("var", "jbased", "random")
 """Attacked methods in the row order of the paper's Tables 1-3."""
@@ -25,12 +25,18 @@ METHOD_LABELS: dict[str, str] = {
     "random": "Random",
     "jbased": "J-based TRAM",
     "var": "Var-based TRAM",
+    "worst_q_test": "Worst-Q attack at test time only (deploy-time)",
+    "worst_q_train": "Worst-Q attack at training time only",
+    "worst_q_both": "Worst-Q attack at training and test time",
 }
 METHOD_COLORS: dict[str, str] = {
     "none": "#404040",
     "random": "#2ca02c",
     "jbased": "#1f77b4",
     "var": "#d62728",
+    "worst_q_test": "#ff7f0e",
+    "worst_q_train": "#8c564b",
+    "worst_q_both": "#9467bd",
 }
 PAPER_ENV_ORDER: tuple[str, ...] = (
     "3m", "6m", "2s3z", "2s_vs_1sc", "1c3s5z", "3s5z", "10m_vs_11m", "15m", "20m",
