@@ -684,3 +684,22 @@ def test_attack_config_defaults_and_coercion():
     assert AttackConfig(agent="zealot").agent == "zealot"
     assert hash(cfg) == hash(AttackConfig(method="jbased", f_a=1.0, kl_u=6.0, agent=2))
     assert not cfg.is_identity and cfg.replace(f_a=0.0).is_identity
+
+
+def test_rnn_actor_fast_gram_equals_the_jacobian_gram():
+    """The per-layer Gram of RNNActorLogits (used in training) equals J J^T from the
+    explicit parameter Jacobian."""
+    from tram.attacks.directions import logit_gram
+    from tram.learners.actor import RNNActor, RNNActorLogits
+
+    actor = RNNActor(num_actions=6, hidden=16)
+    params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 16)), jnp.zeros((1, 11)))
+    fast = RNNActorLogits(actor)
+    generic = lambda p, h, x: actor.apply(p, h, x)[0]  # noqa: E731 - no gram attribute
+    for seed in range(3):
+        kh, kx = jax.random.split(jax.random.PRNGKey(seed))
+        h = 0.5 * jax.random.normal(kh, (16,))
+        x = jax.random.normal(kx, (11,))
+        np.testing.assert_allclose(np.asarray(logit_gram(fast, params, h, x)),
+                                   np.asarray(logit_gram(generic, params, h, x)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(fast(params, h, x)), np.asarray(generic(params, h, x)))

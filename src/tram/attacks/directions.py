@@ -184,7 +184,13 @@ def logit_gram(actor_logits_fn: ActorLogitsFn, params: Params, hidden: jax.Array
 
     Returns:
         ``[A, A]`` symmetric positive semi-definite, float32.
+
+    An ``actor_logits_fn`` with a ``gram(params, hidden, actor_input)`` method (e.g.
+    :class:`tram.learners.actor.RNNActorLogits`) supplies the same matrix by an exact
+    per-layer formula instead, without building the ``[A, P]`` Jacobian.
     """
+    if hasattr(actor_logits_fn, "gram"):
+        return actor_logits_fn.gram(params, hidden, actor_input)
     f = _logits_of_params(actor_logits_fn, hidden, actor_input)
     logits, vjp = jax.vjp(f, params)
     num_actions = logits.shape[-1]

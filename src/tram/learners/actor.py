@@ -117,3 +117,52 @@ def epsilon_at(t_env: jax.Array, start: float, finish: float, anneal_steps: int)
     ``anneal_steps`` env steps, then constant. Returns a float32 scalar."""
     frac = jnp.clip(t_env.astype(jnp.float32) / max(anneal_steps, 1), 0.0, 1.0)
     return jnp.float32(start) + frac * (jnp.float32(finish) - jnp.float32(start))
+
+
+class RNNActorLogits:
+    """``(params, hidden [H], input [I]) -> logits [A]``: one step of :class:`RNNActor` (the
+    :data:`tram.types.ActorLogitsFn` the attacks differentiate), with an exact fast path for
+    the Gram matrix of its parameter Jacobian.
+
+    For a dense layer ``u = z W + b`` the gradient of logit ``a`` w.r.t. ``(W, b)`` is
+    ``(z delta_a^T, delta_a)`` with ``delta_a = d l_a / d u``, so
+    ``<g_a, g_b>`` over that layer is ``(delta_a . delta_b)(|z|^2 + 1)``, and
+    ``K = sum_layers Delta_l Delta_l^T (|z_l|^2 + 1)``. ``Delta_l`` (``[A, out_l]``) comes from
+    ``A`` backward passes through the activations only (taps added to each layer's output),
+    never materialising the ``[A, P]`` parameter Jacobian. Same one-step approximation (the
+    hidden state before the step is held constant); equal to the generic Jacobian Gram up to
+    float rounding (tests/test_attack_math.py).
+    """
+
+    def __init__(self, actor: RNNActor):
+        self.actor = actor
+
+    def __call__(self, params, hidden: jax.Array, x: jax.Array) -> jax.Array:
+        return self.actor.apply(params, hidden, x)[0]
+
+    def gram(self, params, hidden: jax.Array, x: jax.Array) -> jax.Array:
+        """``K = J J^T`` (``[A, A]``) of the logits' Jacobian w.r.t. all actor parameters."""
+        p = params["params"]
+        hdim = self.actor.hidden
+
+        def forward(taps):
+            t1, ti, th, t2 = taps
+            u1 = x @ p["fc1"]["kernel"] + p["fc1"]["bias"] + t1
+            y = jax.nn.relu(u1)
+            gi = y @ p["rnn"]["input"]["kernel"] + p["rnn"]["input"]["bias"] + ti
+            gh = hidden @ p["rnn"]["hidden"]["kernel"] + p["rnn"]["hidden"]["bias"] + th
+            i_r, i_z, i_n = jnp.split(gi, 3)
+            h_r, h_z, h_n = jnp.split(gh, 3)
+            r = jax.nn.sigmoid(i_r + h_r)
+            z = jax.nn.sigmoid(i_z + h_z)
+            n = jnp.tanh(i_n + r * h_n)
+            h_new = (1.0 - z) * n + z * hidden
+            logits = h_new @ p["fc2"]["kernel"] + p["fc2"]["bias"] + t2
+            return logits, (x, y, hidden, h_new)
+
+        a = p["fc2"]["bias"].shape[0]
+        taps = (jnp.zeros(hdim), jnp.zeros(3 * hdim), jnp.zeros(3 * hdim), jnp.zeros(a))
+        logits, vjp, inputs = jax.vjp(forward, taps, has_aux=True)
+        deltas = jax.vmap(vjp)(jnp.eye(a, dtype=logits.dtype))[0]  # per layer [A, out_l]
+        hi = jax.lax.Precision.HIGHEST
+        return sum(jnp.matmul(d, d.T, precision=hi) * (jnp.sum(z * z) + 1.0) for d, z in zip(deltas, inputs))

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.envs.base import TramEnv
-from tram.learners.actor import RNNActor, actor_inputs, floored_policy, greedy_actions, sample_actions
+from tram.learners.actor import RNNActor, RNNActorLogits, actor_inputs, floored_policy, greedy_actions, sample_actions
 from tram.learners.episodes import Episodes, empty_episodes
 from tram.types import ActingContext, AttackStepStats, PolicyPerturbation
 
@@ -251,13 +251,10 @@ def collect_episodes(
     return c.store, stats
 
 
-def _one_step_logits(actor: RNNActor):
-    """``(params, hidden [H], input [I]) -> logits [A]`` for the attack's Jacobians."""
-
-    def f(params, h, x):
-        return actor.apply(params, h, x)[0]
-
-    return f
+def _one_step_logits(actor: RNNActor) -> RNNActorLogits:
+    """``(params, hidden [H], input [I]) -> logits [A]`` for the attack's Jacobians (with the
+    exact per-layer Gram fast path)."""
+    return RNNActorLogits(actor)
 
 
 class EvalStats(NamedTuple):
