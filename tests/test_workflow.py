@@ -136,3 +136,23 @@ def test_ray_backend_runs_a_two_cell_sweep(tmp_path):
 
     paths = make_report(tmp_path / "runs", tmp_path / "report", log=lambda *_: None)
     assert any(p.suffix == ".png" for p in paths)
+
+
+@pytest.mark.timeout(600)
+def test_smax_run_with_unequal_episode_lengths_is_reported(tmp_path):
+    """SMAX seeds cross an evaluation point at different env steps; the store must still
+    accept the run (evaluations are recorded at their nominal step) and the report use it."""
+    from tram.config import TrainConfig
+    from tram.experiments.runner import train
+    from tram.report import make_report
+
+    spec = {"envs": ["3m"], "learners": ["coma"], "methods": ["none"], "seeds": 2, "steps": 1200,
+            "eval_interval": 400, "test_episodes": 4}
+    cfg = expand_grid(spec)[0]
+    run_dir = train(TrainConfig.from_dict(cfg.to_dict()), tmp_path / "runs", progress=False, log=lambda *_: None)
+    m = store.read_metrics(run_dir / "metrics.csv")
+    assert sorted(set(m["env_steps"].tolist())) == [0, 400, 800, 1200]
+    actual = store.load_run(run_dir).summary["env_steps_actual"]
+    assert all(v >= 1200 for v in actual.values())
+    paths = make_report(tmp_path / "runs", tmp_path / "report", log=lambda *_: None)
+    assert any(p.name.startswith("curves_coma_smax") for p in paths)

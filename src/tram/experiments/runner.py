@@ -77,14 +77,20 @@ def check_memory(config: TrainConfig, program: TrainProgram, log=print) -> int:
     return estimate
 
 
-def _rows(config: TrainConfig, program: TrainProgram, metrics) -> list[list[float]]:
-    """Turns one window's vmapped metrics into ``metrics.csv`` rows (one per seed)."""
+def _rows(config: TrainConfig, program: TrainProgram, metrics, eval_step: int) -> list[list[float]]:
+    """Turns one window's vmapped metrics into ``metrics.csv`` rows (one per seed).
+
+    ``env_steps`` is the evaluation point ``eval_step`` (a multiple of ``eval_interval``):
+    each seed evaluates as soon as it has taken that many steps, which it overshoots by less
+    than one iteration's episodes, a different amount per seed when episode lengths vary. The
+    nominal point aligns the seeds for curves and CIs; the actual counts are in
+    ``summary.json`` (``env_steps_actual``)."""
     m = jax.tree.map(np.asarray, metrics)
     smax = program.env.spec.family == "smax"
     rows = []
     for i, seed in enumerate(config.run.seeds):
         won = float(m.test_won[i])
-        row = [seed, int(m.env_steps[i]), float(m.test_return[i]),
+        row = [seed, int(eval_step), float(m.test_return[i]),
                won if smax else math.nan, math.nan if smax else won, float(m.train_return[i])]
         row += [float(getattr(m, f)[i]) for f in ATTACK_FIELDS]
         rows.append(row)
@@ -158,7 +164,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         jax.block_until_ready(metrics)
         if compile_s is None:
             compile_s = time.perf_counter() - tw
-        new_rows = _rows(config, program, metrics)
+        new_rows = _rows(config, program, metrics, program.window_targets[w])
         rows.extend(new_rows)
         store.write_csv_atomic(run_dir / "metrics.csv", METRIC_COLUMNS, rows)
         if program.attacked_agent is not None:
@@ -188,6 +194,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         "wall_time_s": wall,
         "first_window_s_incl_compile": compile_s,
         "attacked_agent_index": program.attacked_agent,
+        "env_steps_actual": {str(s): int(v) for s, v in zip(config.run.seeds, np.asarray(state.env_steps))},
     })
     store.remove_checkpoint(run_dir)
     log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
