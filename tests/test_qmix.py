@@ -459,3 +459,35 @@ def test_fig1_branches_share_the_clean_run_until_the_attack_starts():
                                           np.asarray(getattr(m["none"], f))[0, before], err_msg=f"{at}: {f}")
     for f in ("env_steps", "train_return", "critic_loss"):
         np.testing.assert_array_equal(np.asarray(getattr(m["test"], f)), np.asarray(getattr(m["none"], f)), err_msg=f)
+
+
+def test_fig1_branch_starts_from_the_clean_runs_kept_state(tmp_path):
+    # The clean run keeps its state at the last evaluation before step 400; the run attacked
+    # from 400 on starts there and ends with the numbers of the same run trained from scratch.
+    import dataclasses
+
+    from tram.experiments import store
+    from tram.experiments.runner import train
+
+    small = qmix.QMIXConfig(buffer_size=64, batch_size=4, rnn_hidden=16, hypernet_embed=16, mixing_embed=8)
+    clean = TrainConfig(env=EnvConfig("gather"), learner=small, attack=AttackConfig(),
+                        run=RunConfig(steps=800, seeds=(0, 1), eval_interval=200, test_episodes=8))
+    both = dataclasses.replace(clean, attack=AttackConfig(method="worst_q", f_a=1.0, attack_at="both",
+                                                          attack_start=400))
+    logs: list[str] = []
+    parent = train(clean, tmp_path / "runs", progress=False, log=logs.append, keep_branch_point=400)
+    assert (parent / store.BRANCH_POINT_DIR / "meta.json").exists()
+    branched = train(both, tmp_path / "runs", progress=False, log=logs.append)
+    assert any("branching from" in line for line in logs), logs
+    scratch = train(both, tmp_path / "scratch", progress=False, log=logs.append)
+
+    a, b = store.load_run(branched), store.load_run(scratch)
+    # gather's episodes last 25 steps, 1 env per seed: evaluations at 0 and 200 are inherited
+    assert a.summary["branched_from"] == {"run": parent.name, "evaluations_inherited": 2}
+    assert b.summary["branched_from"] is None
+    for col in ("seed", "env_steps", "test_return", "train_return"):
+        np.testing.assert_array_equal(a.metrics[col], b.metrics[col], err_msg=col)
+    after = a.metrics["env_steps"] >= 400
+    for col in ("attacked_frac", "kl_mean", "stealth_loglik"):
+        np.testing.assert_array_equal(a.metrics[col][after], b.metrics[col][after], err_msg=col)
+    assert np.all(np.isnan(a.metrics["attacked_frac"][~after]))  # no attack ran before the branch

@@ -166,11 +166,12 @@ def sweep_file(name_or_path: str) -> Path:
     raise typer.BadParameter(f"sweep file {name_or_path!r} does not exist and is not a preset; presets: {', '.join(names)}")
 
 
-def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str], checkpoint_every: float = 600.0) -> int:
+def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str], checkpoint_every: float = 600.0,
+                   keep_branch_point: Optional[int] = None) -> int:
     from tram.experiments.sweep import run_sweep
 
     results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo,
-                        checkpoint_every_s=checkpoint_every)
+                        checkpoint_every_s=checkpoint_every, keep_branch_point=keep_branch_point)
     return sum(1 for r in results if r.error)
 
 
@@ -240,9 +241,11 @@ def _estimate_seconds(configs) -> float:
 def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int, fa: float):
     """Fig. 1 of the paper: QMIX trained clean; from ``attack_start`` on, the poisoned agent
     takes its worst-Q action (deploy-time attack) at test time only, or at training and test
-    time. The runs are deterministic and the attack is gated by ``attack_start``, so all three
-    share their first ``attack_start`` steps bit for bit: the two attacked runs are branches
-    of the clean run at that step (tested in tests/test_qmix.py)."""
+    time. Returns ``[clean, test-only, train-and-test]``. The runs are deterministic and the
+    attack is gated by ``attack_start``, so all three share their first ``attack_start``
+    steps bit for bit (tested in tests/test_qmix.py): `reproduce fig1` trains the clean run
+    first, keeping its state at ``attack_start``, and starts both attacked runs from it
+    (:func:`tram.experiments.runner.train`, ``keep_branch_point``)."""
     from tram.attacks.perturb import AttackConfig
     from tram.config import EnvConfig, RunConfig, TrainConfig
     from tram.learners import LEARNER_CONFIGS
@@ -269,6 +272,8 @@ def reproduce(
     map_: str = typer.Option("3m", "--map", help="fig1: the SMAX map (the paper does not name it)."),
     attack_start: str = typer.Option("1e6", help="fig1: env step at which the deploy-time attack starts."),
     fa: float = typer.Option(1.0, "--fa", help="fig1: probability that the poisoned agent takes its worst-Q action."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value override for every run "
+                                             "(e.g. learner.num_envs=8)."),
 ):
     """Run the paper's experiment grid (or Fig. 1's three QMIX runs), then the report."""
     import yaml
@@ -305,13 +310,28 @@ def reproduce(
             raise typer.BadParameter(str(e))
     if not configs:
         raise typer.BadParameter(f"--maps {maps} selects no environment of the {target} grid")
+    if sets:
+        from tram.config import TrainConfig
+
+        try:
+            configs = [TrainConfig.from_dict(apply_overrides(c.to_dict(), sets)) for c in configs]
+        except ValueError as e:
+            raise typer.BadParameter(str(e))
     total_steps = sum(c.run.steps * len(c.run.seeds) for c in configs)
     est = _estimate_seconds(configs)
+    if target == "fig1":  # the attacked runs branch from the clean one at attack_start
+        start = configs[1].attack.attack_start
+        total_steps -= 2 * min(start, configs[0].run.steps) * len(configs[0].run.seeds)
+        est *= total_steps / max(sum(c.run.steps * len(c.run.seeds) for c in configs), 1)
     typer.echo(f"{target}: {len(configs)} runs, {total_steps:,} env steps in total; "
                f"estimated {est / 3600:.1f} h on this machine ({backend} backend, one run at a time)")
     if dry_run:
         return
-    failures = _run_sweep_cli(configs, out, backend, address)
+    if target == "fig1":
+        failures = _run_sweep_cli(configs[:1], out, backend, address, keep_branch_point=configs[1].attack.attack_start)
+        failures += _run_sweep_cli(configs[1:], out, backend, address)
+    else:
+        failures = _run_sweep_cli(configs, out, backend, address)
     paths = make_report(out, report_dir)
     typer.echo(f"report: {len(paths)} files in {report_dir}")
     raise typer.Exit(code=1 if failures else 0)

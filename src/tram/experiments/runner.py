@@ -6,6 +6,17 @@ The Python loop here runs once per evaluation window (not per step or episode): 
 to ``metrics.csv`` atomically, updates the progress bar, and checkpoints the whole
 training state (networks, optimisers, buffers, keys) every ``checkpoint_every_s`` seconds,
 so a killed run resumes from its last checkpoint and reproduces the uninterrupted run.
+
+Branches (the paper's Fig. 1): a run trained with ``keep_branch_point=S`` keeps, in
+``branch-point/``, its state after the last evaluation that every seed reached before env
+step ``S``. A run whose attack starts at ``attack.attack_start == S`` and whose config is
+otherwise that run's (same environment, learner and run settings; the clean run is the
+parent) starts from that state instead of from scratch. This is exact, not an
+approximation: the attack is the identity before ``attack_start`` (checked once per
+training iteration on the env steps before it), so the attacked run's training state at
+that evaluation is the clean run's bit for bit (``tests/test_qmix.py`` checks both ways).
+The branch's first evaluations are the parent's rows (its attack-statistics columns are
+NaN there: no attack ran); ``summary.json`` names the parent under ``branched_from``.
 """
 
 from __future__ import annotations
@@ -107,12 +118,65 @@ def _samples(config: TrainConfig, metrics) -> dict[str, np.ndarray]:
             "env_steps": steps[valid].astype(np.int64), "seed": seeds[valid].astype(np.int64)}
 
 
+def _branch_window(config: TrainConfig, program: TrainProgram, branch_at: int) -> int | None:
+    """The last evaluation window after which every seed is surely below env step
+    ``branch_at``: a window ends within one training iteration (``num_envs`` episodes of at
+    most ``episode_limit`` steps) past its target. ``None`` when there is none."""
+    overshoot = config.learner.num_envs * program.env.spec.episode_limit
+    ok = [w for w, t in enumerate(program.window_targets) if t + overshoot <= branch_at]
+    return ok[-1] if ok else None
+
+
+def branch_parent(config: TrainConfig) -> TrainConfig | None:
+    """The run ``config`` branches from: the same config without attack, when the attack
+    starts after step 0; ``None`` otherwise."""
+    import dataclasses
+
+    from tram.attacks.perturb import AttackConfig
+
+    if config.attack.method == "none" or config.attack.attack_start <= 0:
+        return None
+    return dataclasses.replace(config, attack=AttackConfig())
+
+
+def _load_branch(config: TrainConfig, out: Path, treedef, num_leaves: int, log):
+    """``(start_window, state, rows, {"run": parent name, "evaluations_inherited": n})`` from
+    the parent's kept branch point, or ``None`` (no parent, no branch point, or one kept for
+    another step)."""
+    parent = branch_parent(config)
+    if parent is None:
+        return None
+    parent_dir = out / store.run_name(parent.to_dict())
+    snap = store.load_checkpoint(parent_dir, name=store.BRANCH_POINT_DIR)
+    if snap is None:
+        log(f"no branch point in {parent_dir} (train it with keep_branch_point={config.attack.attack_start}); "
+            f"training from scratch")
+        return None
+    start_window, arrays, meta = snap
+    if meta.get("branch_at") != config.attack.attack_start or meta.get("num_leaves") != num_leaves:
+        log(f"{parent_dir / store.BRANCH_POINT_DIR} is for step {meta.get('branch_at')}, not "
+            f"{config.attack.attack_start}; training from scratch")
+        return None
+    leaves = [jnp.asarray(arrays[f"leaf_{i:05d}"]) for i in range(num_leaves)]
+    return (start_window, jax.tree.unflatten(treedef, leaves), [list(r) for r in meta["rows"]],
+            {"run": parent_dir.name, "evaluations_inherited": start_window})
+
+
 def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = True,
-          checkpoint_every_s: float = 600.0, restart: bool = False, log=print) -> Path:
+          checkpoint_every_s: float = 600.0, restart: bool = False, log=print,
+          keep_branch_point: int | None = None) -> Path:
     """Trains ``config`` (all seeds at once) and writes its run directory under ``out``.
 
     A finished run is never redone; a partial one resumes from its checkpoint (or from the
-    start when it has none). Returns the run directory.
+    start when it has none). A run whose attack starts at step ``S > 0`` starts from its
+    clean parent's branch point when that exists (module docstring).
+
+    Args:
+        keep_branch_point: env step ``S``; keep the state at the last evaluation before ``S``
+            in ``branch-point/`` so that runs attacked from ``S`` on can branch from it.
+
+    Returns:
+        The run directory.
     """
     program = make_train(config)
     cfg_dict = config.to_dict()
@@ -133,12 +197,18 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     keys = jnp.stack([jax.random.PRNGKey(s) for s in config.run.seeds])
     template = jax.eval_shape(init, keys)
 
-    start_window, rows = 0, []
+    start_window, rows, branched_from = 0, [], None
     samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
     ckpt = None if restart else store.load_checkpoint(run_dir)
-    if ckpt is not None:
+    leaves, treedef = jax.tree.flatten(template)
+    branch = None if (restart or ckpt is not None) else _load_branch(config, Path(out), treedef, len(leaves), log)
+    if branch is not None:
+        start_window, state, rows, branched_from = branch
+        log(f"{run_dir}: branching from {branched_from['run']} at evaluation {start_window} of "
+            f"{len(program.window_targets)} (the attack starts at step {config.attack.attack_start:,})")
+    elif ckpt is not None:
         start_window, arrays, meta = ckpt
-        leaves, treedef = jax.tree.flatten(template)
+        branched_from = meta.get("branched_from")
         if meta.get("num_leaves") != len(leaves):
             raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
@@ -153,6 +223,13 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
             log(f"{run_dir}: partial run without a checkpoint, restarting it from scratch")
         state = init(keys)
 
+    if restart:
+        store.remove_checkpoint(run_dir, name=store.BRANCH_POINT_DIR)
+    branch_window = None
+    if keep_branch_point is not None:
+        branch_window = _branch_window(config, program, int(keep_branch_point))
+        if branch_window is None or (run_dir / store.BRANCH_POINT_DIR).exists():
+            branch_window = None  # too early for any evaluation, or already kept
     t0 = time.perf_counter()
     steps_at_start = int(np.min(np.asarray(state.env_steps))) if start_window else 0
     last_ckpt = time.perf_counter()
@@ -177,8 +254,12 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)
         if bar is not None:
             bar.update(w, steps, sps, new_rows, program.env.spec.family)
+        if w == branch_window:
+            if int(np.max(np.asarray(state.env_steps))) < keep_branch_point:
+                _save(run_dir, w + 1, state, rows, name=store.BRANCH_POINT_DIR, branch_at=int(keep_branch_point))
+                log(f"{run_dir}: kept the branch point for step {keep_branch_point:,} (evaluation {w + 1})")
         if time.perf_counter() - last_ckpt >= checkpoint_every_s and w + 1 < len(program.window_targets):
-            _save(run_dir, w + 1, state, rows)
+            _save(run_dir, w + 1, state, rows, branched_from=branched_from)
             last_ckpt = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -195,16 +276,18 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         "first_window_s_incl_compile": compile_s,
         "attacked_agent_index": program.attacked_agent,
         "env_steps_actual": {str(s): int(v) for s, v in zip(config.run.seeds, np.asarray(state.env_steps))},
+        "branched_from": branched_from,
     })
     store.remove_checkpoint(run_dir)
     log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
     return run_dir
 
 
-def _save(run_dir: Path, next_window: int, state, rows):
+def _save(run_dir: Path, next_window: int, state, rows, name: str = store.CHECKPOINT_DIR, **extra):
     leaves = jax.tree.leaves(state)
     arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
-    store.save_checkpoint(run_dir, next_window, arrays, {"num_leaves": len(leaves), "rows": rows})
+    store.save_checkpoint(run_dir, next_window, arrays, {"num_leaves": len(leaves), "rows": rows, **extra},
+                          name=name)
 
 
 class _Bar:

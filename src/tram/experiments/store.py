@@ -10,6 +10,7 @@ A run directory holds every seed of one (environment, learner, attack config, st
       checkpoint/                 # save_checkpoint / load_checkpoint
         meta.json                 # {"step", "file", "sha256", "meta", ...}
         state-<step>.npz          # the arrays meta.json points at
+      branch-point/               # optional, kept: the state other runs branch from (same layout)
 
 Every file is written to a temporary file in the same directory, fsynced, then moved into
 place with ``os.replace`` (atomic on POSIX), so a killed process leaves either the old or the
@@ -44,6 +45,9 @@ METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "attack_samples.npz"
 CHECKPOINT_DIR = "checkpoint"
+BRANCH_POINT_DIR = "branch-point"
+"""A kept checkpoint (same layout as ``checkpoint/``) that runs whose attack starts later
+branch from (:func:`tram.experiments.runner.train`, ``keep_branch_point``)."""
 CHECKPOINT_META = "meta.json"
 
 METRIC_COLUMNS: tuple[str, ...] = (
@@ -351,6 +355,8 @@ def save_checkpoint(
     step: int,
     arrays: Mapping[str, Any],
     meta: Mapping[str, Any] | None = None,
+    *,
+    name: str = CHECKPOINT_DIR,
 ) -> Path:
     """Save the training state of ``run_dir`` at progress ``step``.
 
@@ -367,11 +373,12 @@ def save_checkpoint(
             arrays are converted with ``np.asarray``; typed PRNG keys must go through
             ``jax.random.key_data`` first.
         meta: JSON-serialisable extras (e.g. optimiser step, rng layout, tram version).
+        name: the sub-directory (``checkpoint``; :data:`BRANCH_POINT_DIR` for a kept one).
 
     Returns:
         The path of ``meta.json``.
     """
-    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    ckpt_dir = Path(run_dir) / name
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     flat = _flatten(arrays)
     npz_name = f"state-{int(step):012d}.npz"
@@ -393,8 +400,10 @@ def save_checkpoint(
 
 def load_checkpoint(
     run_dir: str | os.PathLike,
+    *,
+    name: str = CHECKPOINT_DIR,
 ) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-    """Load the latest checkpoint of ``run_dir``.
+    """Load the latest checkpoint of ``run_dir`` (from its sub-directory ``name``).
 
     Returns:
         ``(step, arrays, meta)`` with ``arrays`` shaped like what :func:`save_checkpoint`
@@ -405,7 +414,7 @@ def load_checkpoint(
         CorruptRunError: ``meta.json`` unreadable, npz missing, checksum mismatch or npz
             unreadable. The message names the file and says to delete it or pass --restart.
     """
-    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    ckpt_dir = Path(run_dir) / name
     meta_path = ckpt_dir / CHECKPOINT_META
     if not meta_path.exists():
         return None
@@ -436,9 +445,9 @@ def load_checkpoint(
     return step, _unflatten(flat), meta
 
 
-def remove_checkpoint(run_dir: str | os.PathLike) -> None:
-    """Remove ``checkpoint/`` of ``run_dir`` (after the run is done, or on --restart)."""
-    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+def remove_checkpoint(run_dir: str | os.PathLike, *, name: str = CHECKPOINT_DIR) -> None:
+    """Remove ``checkpoint/`` (or ``name``) of ``run_dir`` (after the run is done, or on --restart)."""
+    ckpt_dir = Path(run_dir) / name
     if not ckpt_dir.exists():
         return
     (ckpt_dir / CHECKPOINT_META).unlink(missing_ok=True)  # first, so a kill leaves "none"

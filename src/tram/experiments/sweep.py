@@ -154,20 +154,24 @@ def _cell_label(cfg: TrainConfig) -> str:
     return f"{cfg.env.name}/{cfg.learner.name}/{att}"
 
 
-def _run_local(cfg_dict: dict, out: str, checkpoint_every_s: float = 600.0) -> str:
+def _run_local(cfg_dict: dict, out: str, checkpoint_every_s: float = 600.0,
+               keep_branch_point: int | None = None) -> str:
     from tram.experiments.runner import train
 
     return str(train(TrainConfig.from_dict(cfg_dict), out, progress=False, log=lambda *_: None,
-                     checkpoint_every_s=checkpoint_every_s))
+                     checkpoint_every_s=checkpoint_every_s, keep_branch_point=keep_branch_point))
 
 
 def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local", address: str | None = None,
-              log: Callable[[str], None] = print, checkpoint_every_s: float = 600.0) -> list[CellResult]:
+              log: Callable[[str], None] = print, checkpoint_every_s: float = 600.0,
+              keep_branch_point: int | None = None) -> list[CellResult]:
     """Runs every cell (skipping finished ones), never stopping at a failure.
 
     Args:
         backend: ``local`` (in-process, one cell after another) or ``ray`` (one Ray task
             per cell on a local or existing cluster at ``address``).
+        keep_branch_point: passed to :func:`tram.experiments.runner.train` for every cell
+            (cells attacked from that step on, run afterwards, branch from them).
 
     Returns:
         One :class:`CellResult` per cell; failures carry the error text.
@@ -191,7 +195,8 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
         for i, cfg in enumerate(todo):
             log(f"[{i + 1}/{len(todo)}] {_cell_label(cfg)}")
             try:
-                results.append(CellResult(cfg, _run_local(cfg.to_dict(), out, checkpoint_every_s), None))
+                results.append(CellResult(cfg, _run_local(cfg.to_dict(), out, checkpoint_every_s, keep_branch_point),
+                                          None))
             except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
                 log(f"[fail] {_cell_label(cfg)}: {type(e).__name__}: {e}")
                 results.append(CellResult(cfg, None, "".join(traceback.format_exception_only(type(e), e)).strip()))
@@ -201,7 +206,8 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                  include_dashboard=False, configure_logging=False)
         remote = ray.remote(num_cpus=1)(_run_local)
-        futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s): cfg for cfg in todo}
+        futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
+                   for cfg in todo}
         pending = list(futures)
         done_count = 0
         while pending:
