@@ -156,3 +156,21 @@ def test_smax_run_with_unequal_episode_lengths_is_reported(tmp_path):
     assert all(v >= 1200 for v in actual.values())
     paths = make_report(tmp_path / "runs", tmp_path / "report", log=lambda *_: None)
     assert any(p.name.startswith("curves_coma_smax") for p in paths)
+
+
+def test_reproduce_dry_run_prints_the_plan():
+    def run(*args):
+        return subprocess.run(_tram("reproduce", *args), capture_output=True, text=True, timeout=300)
+
+    res = run("paper", "--maps", "3m", "--seeds", "2", "--steps", "1e5", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "paper:" in res.stdout and "estimated" in res.stdout, res.stdout
+    res = run("fig1", "--map", "gather", "--seeds", "3", "--steps", "1e5", "--attack-start", "5e4",
+              "--set", "learner.num_envs=2", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    # the clean run trains 1e5 steps per seed, each attacked run only the 5e4 after the branch point
+    assert "fig1: 3 runs, 600,000 env steps in total" in res.stdout, res.stdout
+    res = run("fig9")
+    assert res.returncode != 0 and "fig9" in res.stderr
+    res = run("fig1", "--set", "learner.num_envz=2", "--dry-run")
+    assert res.returncode != 0 and "num_envz" in res.stderr

@@ -217,6 +217,11 @@ def demo(out: Path = typer.Option(Path("demo"), help="Output directory (runs/ an
     raise typer.Exit(code=1 if failures else 0)
 
 
+def _duration(seconds: float) -> str:
+    """``'1.8 h'`` or ``'12 min'``."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{max(seconds / 60, 1):.0f} min"
+
+
 def _estimate_seconds(configs) -> float:
     """Wall-time estimate from throughput measured here by ``benchmarks/train_throughput.py``
     (``presets/throughput.json``: training env steps/s summed over 5 vmapped seeds on 3m, per
@@ -324,7 +329,7 @@ def reproduce(
         total_steps -= 2 * min(start, configs[0].run.steps) * len(configs[0].run.seeds)
         est *= total_steps / max(sum(c.run.steps * len(c.run.seeds) for c in configs), 1)
     typer.echo(f"{target}: {len(configs)} runs, {total_steps:,} env steps in total; "
-               f"estimated {est / 3600:.1f} h on this machine ({backend} backend, one run at a time)")
+               f"estimated {_duration(est)} on this machine ({backend} backend, one run at a time)")
     if dry_run:
         return
     if target == "fig1":
