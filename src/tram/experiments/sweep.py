@@ -150,7 +150,14 @@ class CellResult:
 
 def _cell_label(cfg: TrainConfig) -> str:
     a = cfg.attack
-    att = "clean" if a.method == "none" else f"{a.method} fA={a.f_a:g} KL={a.kl_u:g}"
+    if a.method == "none":
+        att = "clean"
+    elif a.method == "worst_q":
+        att = f"worst_q fA={a.f_a:g} at {a.attack_at}"
+    else:
+        att = f"{a.method} fA={a.f_a:g} KL={a.kl_u:g}"
+    if a.method != "none" and a.attack_start:
+        att += f" from step {a.attack_start:,}"
     return f"{cfg.env.name}/{cfg.learner.name}/{att}"
 
 
