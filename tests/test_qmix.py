@@ -491,3 +491,15 @@ def test_fig1_branch_starts_from_the_clean_runs_kept_state(tmp_path):
     for col in ("attacked_frac", "kl_mean", "stealth_loglik"):
         np.testing.assert_array_equal(a.metrics[col][after], b.metrics[col][after], err_msg=col)
     assert np.all(np.isnan(a.metrics["attacked_frac"][~after]))  # no attack ran before the branch
+
+    # The report draws both runs in one panel (Fig. 1); the worst-Q attack has no KL budget.
+    import csv
+
+    from tram.report import make_report
+
+    paths = make_report(tmp_path / "runs", tmp_path / "report")
+    assert any(p.name == "curves_qmix_grid.png" for p in paths)
+    with open(tmp_path / "report" / "tables" / "final_performance.csv") as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert rows["Worst-Q attack at training and test time"]["KL_U"] == "-"
+    assert rows["Worst-Q attack at training and test time"]["f_A"] == "1"

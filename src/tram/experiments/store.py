@@ -707,8 +707,10 @@ class Run:
 
     @property
     def kl_u(self) -> float | None:
-        """KL upper bound, ``None`` for method ``none``."""
-        return None if self.method == "none" else float(self.config["attack"]["kl_u"])
+        """KL upper bound, ``None`` for method ``none`` and for the worst-Q attack (no KL budget)."""
+        if self.method == "none" or self.config["attack"]["method"] == "worst_q":
+            return None
+        return float(self.config["attack"]["kl_u"])
 
     @property
     def seeds(self) -> list[int]:

@@ -127,6 +127,8 @@ class Store:
             kl_u: float | None = None) -> Run | None:
         if method == "none":
             f_a = kl_u = None
+        elif method.startswith("worst_q"):
+            kl_u = None  # the deploy-time attack has no KL budget
         return self.runs.get(RunKey(env, learner, method, f_a, kl_u))
 
     def family(self, env: str) -> Family:

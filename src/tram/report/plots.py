@@ -111,14 +111,21 @@ def plot_learning_curves(
                 if run is None:
                     continue
                 _draw_curve(ax, run, metric, method_color(method), 1.0, True, n_boot)
+                start = run.config["attack"].get("attack_start", 0) if method != "none" else 0
+                if start:  # Fig. 1: where the attack begins
+                    ax.axvline(start, color="0.5", linestyle="--", linewidth=0.8)
                 if method not in present:
                     present.append(method)
             _style_axis(ax, env, METRIC_LABELS[metric], metric)
         handles = [Line2D([], [], color=method_color(m), linewidth=2) for m in present]
         fig.legend(handles, [method_label(m) for m in present], loc="outside lower center",
                    ncols=max(len(present), 1), frameon=False)
-        fig.suptitle(f"{learner.upper()} under training-time attacks "
-                     f"($f_A$={fmt_num(f_a)}, $KL^U$={fmt_num(kl_u)}); mean and 95% bootstrap CI over seeds")
+        if any(m in ATTACK_METHODS for m in present):
+            fig.suptitle(f"{learner.upper()} under training-time attacks ($f_A$={fmt_num(f_a)}, "
+                         f"$KL^U$={fmt_num(kl_u)}); mean and 95% bootstrap CI over seeds")
+        else:  # Fig. 1: the worst-Q attack only
+            fig.suptitle(f"{learner.upper()}, worst-Q attack ($f_A$={fmt_num(f_a)}, from the dashed line); "
+                         f"mean, 95% bootstrap CI")
         return save_figure(fig, out_dir, stem)
 
 
