@@ -84,5 +84,6 @@ def test_3m_var_and_j_below_random_and_random_near_clean():
     for method in ("none", "random", "jbased", "var"):
         _, m = run("3m", DOPConfig(), AttackConfig(method=method, f_a=1.0, kl_u=6.0), seeds=seeds, **kw)
         final[method] = float(np.asarray(m.test_won)[:, -2:].mean())
+    print(f"DOP on 3m, 5 seeds, 1M steps: final test win rate by method {final}")
     assert final["var"] < final["random"] and final["jbased"] < final["random"], final
     assert final["random"] > final["none"] - 0.2, final
