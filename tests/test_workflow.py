@@ -174,3 +174,21 @@ def test_reproduce_dry_run_prints_the_plan():
     assert res.returncode != 0 and "fig9" in res.stderr
     res = run("fig1", "--set", "learner.num_envz=2", "--dry-run")
     assert res.returncode != 0 and "num_envz" in res.stderr
+
+
+def test_compile_cache_follows_the_environment_variable(monkeypatch, tmp_path):
+    import jax
+
+    from tram.experiments import runner
+
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv(runner.COMPILE_CACHE_ENV, "off")
+        assert runner.enable_compile_cache() is None and not jax.config.jax_compilation_cache_dir
+        monkeypatch.setenv(runner.COMPILE_CACHE_ENV, str(tmp_path / "cc"))
+        assert runner.enable_compile_cache() == str(tmp_path / "cc") == jax.config.jax_compilation_cache_dir
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # the user's own wins
+        assert runner.enable_compile_cache() == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)

@@ -40,6 +40,46 @@ assert METRIC_COLUMNS == ("seed", "env_steps", "test_return", "test_win_rate", "
                           *ATTACK_FIELDS), "metrics.csv columns of the store and the program disagree"
 
 
+COMPILE_CACHE_ENV = "TRAM_COMPILE_CACHE"
+"""Environment variable: directory of JAX's persistent compilation cache (default
+``~/.cache/tram/xla/<host>``), or ``off``."""
+
+
+def _host_fingerprint() -> str:
+    """A short hash of this machine's architecture and CPU flags."""
+    import hashlib
+    import platform
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return hashlib.sha256(f"{platform.machine()}|{flags}".encode()).hexdigest()[:12]
+
+
+def enable_compile_cache() -> str | None:
+    """Points JAX's persistent compilation cache at ``$TRAM_COMPILE_CACHE`` (default
+    ``~/.cache/tram/xla/<host>``: one directory per CPU model and instruction set, since a
+    program compiled for one CPU may not run on another that shares the home directory)
+    unless the user configured one or set the variable to ``off``.
+
+    Runs whose programs are the same (same environment, learner, attack and seed count:
+    e.g. cells that differ only in ``steps`` or in the seed values, a resumed run, a Fig. 1
+    branch and its rerun, a Ray worker repeating a cell) then load the compiled program
+    instead of compiling it again, in this process or another. Returns the directory, or
+    ``None`` when the cache is off."""
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    path = os.environ.get(COMPILE_CACHE_ENV, str(Path.home() / ".cache" / "tram" / "xla" / _host_fingerprint()))
+    if path.lower() in ("off", "0", "none", ""):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def versions() -> dict[str, str]:
     """Versions of tram, jax, jaxlib and jaxmarl (saved with every run)."""
     import importlib.metadata as md
@@ -178,6 +218,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     Returns:
         The run directory.
     """
+    enable_compile_cache()
     program = make_train(config)
     cfg_dict = config.to_dict()
     run_dir = Path(out) / store.run_name(cfg_dict)

@@ -18,6 +18,14 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
 A clean cell (method ``none``) does not depend on f_A or KL_U, so the grid holds it once
 per (env, learner). Finished cells are skipped (the run store knows them), a failing cell
 is reported and the sweep goes on, and the failures are listed at the end.
+
+Compiled programs are shared through JAX's persistent compilation cache
+(:func:`tram.experiments.runner.enable_compile_cache`): cells whose programs are the same
+(e.g. the same cell at other ``steps`` or other seed values, a rerun, another Ray worker on
+the same machine type) load the compiled program instead of compiling it (DOP on Gather:
+18 s -> 3.5 s for the first evaluation window). Cells that differ in the attack method,
+f_A or KL_U compile their own program: these values are constants of the program, and
+compiling one takes 20-25 s against the tens of minutes a paper-scale cell trains.
 """
 
 from __future__ import annotations
