@@ -181,14 +181,17 @@ def test_compile_cache_follows_the_environment_variable(monkeypatch, tmp_path):
 
     from tram.experiments import runner
 
-    old = jax.config.jax_compilation_cache_dir
+    old, old_max = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
     try:
         jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_compilation_cache_max_size", -1)
         monkeypatch.setenv(runner.COMPILE_CACHE_ENV, "off")
         assert runner.enable_compile_cache() is None and not jax.config.jax_compilation_cache_dir
         monkeypatch.setenv(runner.COMPILE_CACHE_ENV, str(tmp_path / "cc"))
         assert runner.enable_compile_cache() == str(tmp_path / "cc") == jax.config.jax_compilation_cache_dir
+        assert jax.config.jax_compilation_cache_max_size == runner.COMPILE_CACHE_MAX_BYTES  # capped
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))  # the user's own wins
         assert runner.enable_compile_cache() == str(tmp_path / "mine")
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
+        jax.config.update("jax_compilation_cache_max_size", old_max)

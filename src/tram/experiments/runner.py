@@ -45,6 +45,10 @@ COMPILE_CACHE_ENV = "TRAM_COMPILE_CACHE"
 ``~/.cache/tram/xla/<host>``), or ``off``."""
 
 
+COMPILE_CACHE_MAX_BYTES = 2 << 30
+"""Size cap of the compilation cache (JAX evicts the least recently used programs)."""
+
+
 def _host_fingerprint() -> str:
     """A short hash of this machine's architecture and CPU flags."""
     import hashlib
@@ -77,6 +81,8 @@ def enable_compile_cache() -> str | None:
     if path.lower() in ("off", "0", "none", ""):
         return None
     jax.config.update("jax_compilation_cache_dir", path)
+    if jax.config.jax_compilation_cache_max_size == -1:  # unlimited: cap it, least recently used go first
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
     return path
 
 
