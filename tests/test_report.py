@@ -239,3 +239,14 @@ def test_report_is_deterministic(main_store, main_report, tmp_path):
     assert [p.relative_to(tmp_path) for p in again] == [p.relative_to(out) for p in paths]
     for p in paths:
         assert (tmp_path / p.relative_to(out)).read_bytes() == p.read_bytes(), p.name
+
+
+def test_curves_title_names_what_is_drawn():
+    from tram.report.plots import curves_title
+
+    assert "training-time attacks" in curves_title("dop", ["none", "var"], 1.0, 6.0)
+    assert "$KL^U$=6" in curves_title("dop", ["none", "random"], 1.0, 6.0)
+    t = curves_title("qmix", ["none", "worst_q_test", "worst_q_both"], 1.0, 6.0)
+    assert "worst-Q" in t and "KL" not in t
+    t = curves_title("dop", ["none"], 1.0, 6.0)
+    assert "attack" not in t and t.startswith("DOP")

@@ -86,6 +86,18 @@ def _draw_curve(ax, run: Run, metric: str, color: str, alpha: float, band: bool,
         ax.fill_between(x, lo, hi, color=color, alpha=0.2 * alpha, linewidth=0)
 
 
+def curves_title(learner: str, methods: Sequence[str], f_a: float, kl_u: float) -> str:
+    """The learning-curve figure's title for the drawn ``methods``: TRAM's budget when a
+    training-time attack is drawn, the worst-Q attack's frequency for Fig. 1, else none."""
+    if any(m in ATTACK_METHODS for m in methods):
+        return (f"{learner.upper()} under training-time attacks ($f_A$={fmt_num(f_a)}, "
+                f"$KL^U$={fmt_num(kl_u)}); mean and 95% bootstrap CI over seeds")
+    if any(m.startswith("worst_q") for m in methods):
+        return (f"{learner.upper()}, worst-Q attack ($f_A$={fmt_num(f_a)}, from the dashed line); "
+                f"mean, 95% bootstrap CI")
+    return f"{learner.upper()}; mean and 95% bootstrap CI over seeds"
+
+
 def plot_learning_curves(
     store: Store,
     learner: str,
@@ -120,12 +132,7 @@ def plot_learning_curves(
         handles = [Line2D([], [], color=method_color(m), linewidth=2) for m in present]
         fig.legend(handles, [method_label(m) for m in present], loc="outside lower center",
                    ncols=max(len(present), 1), frameon=False)
-        if any(m in ATTACK_METHODS for m in present):
-            fig.suptitle(f"{learner.upper()} under training-time attacks ($f_A$={fmt_num(f_a)}, "
-                         f"$KL^U$={fmt_num(kl_u)}); mean and 95% bootstrap CI over seeds")
-        else:  # Fig. 1: the worst-Q attack only
-            fig.suptitle(f"{learner.upper()}, worst-Q attack ($f_A$={fmt_num(f_a)}, from the dashed line); "
-                         f"mean, 95% bootstrap CI")
+        fig.suptitle(curves_title(learner, present, f_a, kl_u))
         return save_figure(fig, out_dir, stem)
 
 
