@@ -170,6 +170,8 @@ def test_reproduce_dry_run_prints_the_plan():
     assert res.returncode == 0, res.stderr
     # the clean run trains 1e5 steps per seed, each attacked run only the 5e4 after the branch point
     assert "fig1: 3 runs, 600,000 env steps in total" in res.stdout, res.stdout
+    res = run("fig1", "--steps", "1e5", "--attack-start", "2e5", "--dry-run")
+    assert res.returncode != 0 and "--attack-start" in res.stderr and "200,000" in res.stderr
     res = run("fig9")
     assert res.returncode != 0 and "fig9" in res.stderr
     res = run("fig1", "--set", "learner.num_envz=2", "--dry-run")

@@ -255,6 +255,9 @@ def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int
     from tram.config import EnvConfig, RunConfig, TrainConfig
     from tram.learners import LEARNER_CONFIGS
 
+    if not 0 < attack_start < steps:
+        raise ValueError(f"--attack-start must be between 0 and --steps ({steps:,}), exclusive, so that the "
+                         f"attack starts during the run; got {attack_start:,}")
     run = RunConfig(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000))
     base = dict(env=EnvConfig(env), learner=LEARNER_CONFIGS["qmix"](), run=run)
     return [TrainConfig(**base, attack=AttackConfig(method="none")),
