@@ -328,9 +328,9 @@ def reproduce(
     total_steps = sum(c.run.steps * len(c.run.seeds) for c in configs)
     est = _estimate_seconds(configs)
     if target == "fig1":  # the attacked runs branch from the clean one at attack_start
-        start = configs[1].attack.attack_start
-        total_steps -= 2 * min(start, configs[0].run.steps) * len(configs[0].run.seeds)
-        est *= total_steps / max(sum(c.run.steps * len(c.run.seeds) for c in configs), 1)
+        inherited = 2 * configs[1].attack.attack_start * len(configs[0].run.seeds)
+        est *= (total_steps - inherited) / total_steps
+        total_steps -= inherited
     typer.echo(f"{target}: {len(configs)} runs, {total_steps:,} env steps in total; "
                f"estimated {_duration(est)} on this machine ({backend} backend, one run at a time)")
     if dry_run:

@@ -203,8 +203,7 @@ def _load_branch(config: TrainConfig, out: Path, treedef, num_leaves: int, log):
         log(f"{parent_dir / store.BRANCH_POINT_DIR} is for step {meta.get('branch_at')}, not "
             f"{config.attack.attack_start}; training from scratch")
         return None
-    leaves = [jnp.asarray(arrays[f"leaf_{i:05d}"]) for i in range(num_leaves)]
-    return (start_window, jax.tree.unflatten(treedef, leaves), [list(r) for r in meta["rows"]],
+    return (start_window, _load_state(treedef, arrays, num_leaves), [list(r) for r in meta["rows"]],
             {"run": parent_dir.name, "evaluations_inherited": start_window})
 
 
@@ -259,7 +258,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
         if meta.get("num_leaves") != len(leaves):
             raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
-        state = jax.tree.unflatten(treedef, [jnp.asarray(arrays[f"leaf_{i:05d}"]) for i in range(len(leaves))])
+        state = _load_state(treedef, arrays, len(leaves))
         rows = [list(r) for r in meta["rows"]]
         prev = store.load_run(run_dir).attack_samples if (run_dir / "attack_samples.npz").exists() else None
         if prev:
@@ -330,9 +329,18 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     return run_dir
 
 
+def _leaf_key(i: int) -> str:
+    return f"leaf_{i:05d}"
+
+
+def _load_state(treedef, arrays, num_leaves: int):
+    """The training state saved by :func:`_save` (``arrays`` as :func:`store.load_checkpoint` returns them)."""
+    return jax.tree.unflatten(treedef, [jnp.asarray(arrays[_leaf_key(i)]) for i in range(num_leaves)])
+
+
 def _save(run_dir: Path, next_window: int, state, rows, name: str = store.CHECKPOINT_DIR, **extra):
     leaves = jax.tree.leaves(state)
-    arrays = {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
+    arrays = {_leaf_key(i): np.asarray(x) for i, x in enumerate(leaves)}
     store.save_checkpoint(run_dir, next_window, arrays, {"num_leaves": len(leaves), "rows": rows, **extra},
                           name=name)
 
