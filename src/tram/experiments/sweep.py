@@ -20,7 +20,7 @@ per (env, learner). Finished cells are skipped (the run store knows them), a fai
 is reported and the sweep goes on, and the failures are listed at the end.
 
 Compiled programs are shared through JAX's persistent compilation cache
-(:func:`tram.experiments.runner.enable_compile_cache`): cells whose programs are the same
+(:func:`tram.experiments.compile_cache.enable_compile_cache`): cells whose programs are the same
 (e.g. the same cell at other ``steps`` or other seed values, a rerun, another Ray worker on
 the same machine type) load the compiled program instead of compiling it (DOP on Gather:
 18 s -> 3.5 s for the first evaluation window). Cells that differ in the attack method,
