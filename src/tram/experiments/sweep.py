@@ -238,10 +238,19 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
                 log(f"[fail] {_cell_label(cfg)}: {type(e).__name__}: {e}")
                 results.append(CellResult(cfg, None, "".join(traceback.format_exception_only(type(e), e)).strip()))
     else:
+        import warnings
+
         import ray
 
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+        # ray.init starts Ray's own processes (GCS, raylet, ...) with subprocess, i.e. fork
+        # immediately followed by exec: the child never runs JAX, so JAX's at-fork warning
+        # ("os.fork() was called ... JAX is multithreaded") does not apply to it. Ray's
+        # workers are started by the raylet, not forked from this process. The warning is
+        # ignored around this call only; any other fork still warns.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
         remote = ray.remote(num_cpus=1)(_run_local)
         futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
                    for cfg in todo}
