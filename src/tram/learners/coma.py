@@ -41,7 +41,7 @@ from tram.learners.coma_parts import ComaCritic, coma_critic_inputs, coma_critic
 from tram.learners.common import check_actor_critic_config, positive_int, rmsprop
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, empty_episodes, episodes_nbytes,
-    loss_mask, truncate_length,
+    loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.policy_gradient import pg_loss_and_grad, take
 from tram.learners.targets import td_lambda_targets
@@ -75,6 +75,9 @@ class COMAConfig:
     """dtype of stored observations and states (the buffer holds only 8 episodes)."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the TD(lambda) targets; True:
+    they bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         check_actor_critic_config(self)
@@ -167,6 +170,24 @@ def ready_to_train(cfg: COMAConfig, state: COMAState) -> jax.Array:
     return state.on_buffer.count >= cfg.batch_size
 
 
+def critic_targets(nets: COMANets, target_params, ep: Episodes, inputs: jax.Array, cfg: COMAConfig,
+                   length: jax.Array | None = None) -> jax.Array:
+    """Per-agent TD(lambda) targets on the target critic at the taken actions (reference
+    ``COMALearner._train_critic``), with the shared reward, mask and termination flags of
+    :func:`tram.learners.episodes.target_terminated` (``cfg.bootstrap_timeouts``).
+
+    ``inputs [E, T+1, N, F]`` from :func:`episode_critic_inputs`; ``length`` (the batch's
+    longest episode) limits the target pass to slots ``[0, length]``. ``-> [E, T, N]``."""
+    apply = lambda x: nets.critic.apply(target_params, x)
+    target_q = apply(inputs) if length is None else map_time(apply, inputs, length + 1, cfg.time_chunk)
+    taken = take(target_q, ep.actions)  # [E, T+1, N]
+    mask = loss_mask(ep.filled, ep.terminated)  # [E, T]
+    term = target_terminated(ep, cfg.bootstrap_timeouts)  # [E, T]
+    per_agent = jax.vmap(jax.vmap(td_lambda_targets, in_axes=(None, None, None, 1, None, None), out_axes=1),
+                         in_axes=(0, 0, 0, 0, None, None))
+    return per_agent(ep.reward[:, :-1], term, mask, taken, cfg.gamma, cfg.td_lambda)
+
+
 def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) -> tuple[COMAState, dict]:
     """One COMA iteration on ``batch_size`` episodes sampled from the buffer: critic
     (reversed per-timestep steps), then actor with the recorded Q values, then the target
@@ -174,13 +195,8 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
     ep = buffer_sample_uniform(key, state.on_buffer, cfg.batch_size).as_float32()
     length = truncate_length(ep)  # longest episode: loss slots [0, length)
     inputs = episode_critic_inputs(ep, nets.critic.num_actions)  # [E, T+1, N, F]
-    target_q = map_time(lambda x: nets.critic.apply(state.target_params, x), inputs, length + 1, cfg.time_chunk)
-    taken = take(target_q, ep.actions)  # [E, T+1, N]
     mask = loss_mask(ep.filled, ep.terminated)  # [E, T]
-    term = ep.terminated[:, :-1].astype(jnp.float32)
-    per_agent = jax.vmap(jax.vmap(td_lambda_targets, in_axes=(None, None, None, 1, None, None), out_axes=1),
-                         in_axes=(0, 0, 0, 0, None, None))
-    targets = per_agent(ep.reward[:, :-1], term, mask, taken, cfg.gamma, cfg.td_lambda)  # [E, T, N]
+    targets = critic_targets(nets, state.target_params, ep, inputs, cfg, length)  # [E, T, N]
 
     res = coma_critic_step_sequence(nets.critic.apply, rmsprop(cfg.critic_lr, cfg), state.critic_params,
                                     state.critic_opt, inputs[:, :-1], ep.actions[:, :-1], targets, mask, length)

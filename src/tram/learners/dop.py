@@ -57,8 +57,8 @@ from tram.learners.actor import RNNActor
 from tram.learners.common import check_actor_critic_config, positive_int, rmsprop, unit_interval
 from tram.learners.nets import TorchDense
 from tram.learners.episodes import (
-    EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_latest, buffer_sample_uniform,
-    empty_episodes, episodes_nbytes, loss_mask, truncate_length,
+    LATEST_RULES, EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, buffer_take,
+    empty_episodes, episodes_nbytes, latest_indices, loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
 from tram.learners.policy_gradient import pg_loss, pg_loss_and_grad, policy_over_episodes, take
@@ -102,9 +102,19 @@ class DOPConfig:
     """dtype of stored observations and states: float16 or float32."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    actor_batch: str = "reference"
+    """The actor's on-policy batch: ``reference`` (the reference's ``sample_latest``: the
+    ``batch_size`` newest episodes, or a uniform sample of the on-policy buffer when the
+    write position is below ``batch_size``) or ``latest`` (always the newest)."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the critic targets; True:
+    targets bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         check_actor_critic_config(self)
+        if self.actor_batch not in LATEST_RULES:
+            raise ValueError(
+                f"learner.actor_batch must be one of {', '.join(LATEST_RULES)}; got {self.actor_batch!r}")
         for f in ("off_buffer_size", "off_batch_size", "tb_steps", "critic_hidden", "mixing_embed"):
             positive_int(self, f)
         if self.off_batch_size > self.off_buffer_size:
@@ -204,8 +214,9 @@ def on_policy_targets(nets: DOPNets, target_params, ep: Episodes, cfg: DOPConfig
     q = q_over_episodes(nets, target_params, ep, length, cfg.time_chunk)
     qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
+    term = target_terminated(ep, cfg.bootstrap_timeouts)
     return jax.vmap(td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
-        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, cfg.gamma, cfg.td_lambda)
+        ep.reward[:, :-1], term, mask, qt, cfg.gamma, cfg.td_lambda)
 
 
 def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes, epsilon,
@@ -217,8 +228,9 @@ def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes,
     qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     expected = mix(nets, target_params, jnp.sum(pi * q, axis=-1), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
+    term = target_terminated(ep, cfg.bootstrap_timeouts)
     return jax.vmap(tree_backup_targets, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))(
-        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, expected, c,
+        ep.reward[:, :-1], term, mask, qt, expected, c,
         cfg.gamma, cfg.tb_lambda, cfg.tb_steps)
 
 
@@ -358,10 +370,11 @@ def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
 
 def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> tuple[DOPState, dict]:
     """One DOP training iteration: critic (on 16 + 32 sampled episodes), then actor (on the
-    16 newest). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
+    batch of ``cfg.actor_batch``, :func:`tram.learners.episodes.latest_indices`). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
     work done (``critic_timesteps`` steps taken, ``target_slots`` slots per episode of the
     target passes, ``actor_slots`` slots per episode of the actor pass)."""
     k_on, k_off = jax.random.split(key)
+    k_actor = jax.random.fold_in(key, 1)  # leaves the critic's samples as they were before the option
     on = buffer_sample_uniform(k_on, state.on_buffer, cfg.batch_size).as_float32()
     off = buffer_sample_uniform(k_off, state.off_buffer, cfg.off_batch_size).as_float32()
     num_steps = jnp.maximum(truncate_length(on), truncate_length(off))
@@ -379,7 +392,8 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
     target_params = jax.tree.map(lambda c, t: jnp.where(do_copy, c, t), critic_params, state.target_params)
     last_update = jnp.where(do_copy, critic_steps, state.last_target_update)
 
-    latest = buffer_latest(state.on_buffer, cfg.batch_size).as_float32()
+    actor_idx, _ = latest_indices(k_actor, state.on_buffer, cfg.batch_size, cfg.actor_batch)
+    latest = buffer_take(state.on_buffer, actor_idx).as_float32()
     a_loss, grads = actor_loss_and_grad(state.actor_params, nets, critic_params, latest, epsilon,
                                         truncate_length(latest), cfg.time_chunk)
     updates, actor_opt = rmsprop(cfg.actor_lr, cfg).update(grads, state.actor_opt, state.actor_params)

@@ -69,10 +69,10 @@ import jax.numpy as jnp
 import optax
 
 from tram.learners.actor import RNNActor
-from tram.learners.common import positive_int, rmsprop, unit_interval
+from tram.learners.common import boolean, positive_int, rmsprop, unit_interval
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, empty_episodes, episodes_nbytes,
-    loss_mask, truncate_length,
+    loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.nets import TorchDense
 from tram.learners.policy_gradient import episode_actor_inputs, take
@@ -126,6 +126,9 @@ class QMIXConfig:
     """dtype of stored observations and states: float16 or float32."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the Q-learning targets;
+    True: they bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         if self.name != "qmix":
@@ -142,8 +145,8 @@ class QMIXConfig:
         if self.batch_size > self.buffer_size:
             raise ValueError(
                 f"learner.batch_size ({self.batch_size}) must be <= learner.buffer_size ({self.buffer_size})")
-        if not isinstance(self.double_q, bool):
-            raise ValueError(f"learner.double_q must be true or false, got {self.double_q!r}")
+        boolean(self, "double_q")
+        boolean(self, "bootstrap_timeouts")
         if isinstance(self.hypernet_layers, bool) or self.hypernet_layers not in (1, 2):
             raise ValueError(f"learner.hypernet_layers must be one of 1, 2; got {self.hypernet_layers!r}")
         if self.storage_dtype not in ("float16", "float32"):
@@ -301,7 +304,8 @@ def episode_targets(nets: QMIXNets, params, target_params, ep: Episodes, cfg: QM
 
     xs = (q_next, ep.state[:, 1:].astype(jnp.float32))
     q_tot_next = mix_fn(xs) if length is None else map_time(mix_fn, xs, length, cfg.time_chunk)
-    return q_learning_targets(ep.reward[:, :-1], ep.terminated[:, :-1], q_tot_next, cfg.gamma)
+    return q_learning_targets(ep.reward[:, :-1], target_terminated(ep, cfg.bootstrap_timeouts), q_tot_next,
+                              cfg.gamma)
 
 
 def _chunk_td_loss(nets: QMIXNets, params, h, x, mask_sum):
