@@ -18,7 +18,7 @@ Shared by all tasks (envs.md defaults marked "ours", kept): a ``grid_size`` x ``
 grid (5 by default), actions 0 stay, 1 up, 2 down, 3 left, 4 right; a move off the grid is
 a no-op, so every action is always available (the mask is all True); Euclidean distance
 between cell centres; episodes of ``episode_limit`` = 25 steps (as in MPE) that end only
-by the time limit (``terminated`` is always False, so learners bootstrap, as DOP does).
+by the time limit (``terminated`` is always False; the learners' ``bootstrap_timeouts`` decides).
 The reward of a step is computed on the positions *after* the move.
 
 Choices of ours that fill gaps in the paper and envs.md, with the reason:

@@ -18,14 +18,38 @@ Follows the reference in:
   ``loss = -sum(mask A log pi(a_i)) / sum(mask)`` with the epsilon-floored policy;
 * target: hard copy after the actor step once 200 or more critic steps have passed since
   the last copy;
+* time-limit ends are terminal for the targets (``learner.bootstrap_timeouts = False``,
+  the default): pymarl's SMAC config has ``continuing_episode: False``, so its runners
+  store ``terminated = True`` at a timeout (:func:`tram.learners.episodes.target_terminated`);
 * hyper-parameters: 8 parallel environments, buffer 8, batch 8 (purely on-policy: each
   iteration trains on the 8 episodes just collected), RMSprop lr 5e-4 for both, alpha 0.99,
-  eps 1e-5, gradient clip 10, epsilon 0.5 -> 0.01 over 100k steps.
+  eps 1e-5, gradient clip 10, epsilon 0.5 -> 0.01 over 100k steps (pymarl's ``coma.yaml``);
+* observations and states stored as float32 (``learner.storage_dtype``, default float32:
+  the buffer holds only 8 episodes);
+* acting with the epsilon-floored policy (``mask_before_softmax: False``), epsilon at the
+  env steps counted before the batch for acting and the loss alike, greedy test episodes;
+* every time loop stops at the batch's longest episode (:mod:`tram.learners.timechunks`),
+  the same numbers as the reference's truncation to ``max_t_filled``.
 
-Departs from the reference in: nothing of the algorithm. The TRAM paper does not state
-its COMA hyper-parameters, so pymarl's are used. Like DOP, every time loop stops at the
-batch's longest episode (:mod:`tram.learners.timechunks`), and the last actor gradient is
-kept for the J-based attack.
+Departs from the reference, or chooses where it is silent (default, then the option):
+
+* the TRAM paper's hyper-parameters (App. A) describe its DOP setup (critic lr 1e-4,
+  DOP's networks, a 32-episode on-policy buffer) and say nothing specific about COMA, so
+  COMA keeps pymarl's, including the epsilon schedule above; App. A's schedule is
+  ``learner.epsilon_start=1.0``, ``epsilon_finish=0.05``, ``epsilon_anneal_steps=500000``;
+* random numbers come from the run's JAX keys; with batch = buffer = 8 the sample is the
+  whole buffer either way (its order differs, which no loss depends on);
+* option that is not the reference: ``learner.bootstrap_timeouts=true`` (targets
+  bootstrap from the post-episode slot at a timeout: the textbook treatment);
+* the last actor gradient is kept in the state for the J-based attack (no effect on
+  training). Under a training-time attack the learner trains on the executed (perturbed)
+  actions with its own clean policy; the attack perturbs the softmax part of the poisoned
+  agent's policy and the epsilon floor is applied after it (``docs/attack-math.md``);
+* run level, not in this module: SMAX instead of StarCraft II, with SMAX's episode limits
+  (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
+  evaluation with 32 greedy test episodes every 10k steps, as pymarl's SMAC config.
+
+The targets, losses and reference facts are written out in ``docs/learners.md``.
 """
 
 from __future__ import annotations

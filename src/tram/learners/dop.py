@@ -22,25 +22,53 @@ Follows the reference in:
   valid entry, loss ``sum(mask (Q_tot - y)^2) / sum(mask)``, gradient norm clipped at 20
   over critic and mixer together; the target is hard-copied once 600 or more such steps
   have passed since the last copy (checked once per critic training call);
-* critic before actor; the actor trains on the 16 NEWEST episodes with the current critic
-  (not the target), ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` (detached) weighted by
+* critic before actor; the actor trains on the on-policy buffer's ``sample_latest(16)``
+  (``learner.actor_batch = "reference"``, the default: the 16 newest episodes when the
+  write position ``p >= 16``, else a uniform sample of 16 of the 32 stored, i.e. in 4
+  iterations out of 8; :func:`tram.learners.episodes.latest_indices`) with the current
+  critic (not the target), ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` (detached) weighted by
   ``k_i(s)``, ``loss = -sum(mask k A log pi(a_i)) / sum(mask)`` with the mask repeated per
-  agent;
+  agent, gradient norm clipped at 20;
+* time-limit ends are terminal for both targets (``learner.bootstrap_timeouts = False``,
+  the default): the reference's SMAC config has ``continuing_episode: False``, so its
+  runners store ``terminated = True`` at a timeout
+  (:func:`tram.learners.episodes.target_terminated`);
 * RMSprop(alpha 0.99, eps 1e-5 outside the square root as in PyTorch), actor lr 5e-4,
   critic lr 1e-4, 4 parallel environments, one training iteration per 4 new episodes once
-  the buffers hold 16 and 32 episodes;
+  the buffers hold 16 and 32 episodes; the critic and the mixer share one RMSprop (the
+  reference has two with equal settings and a joint clip: the same update, since RMSprop
+  is per parameter);
+* epsilon evaluated at the env steps counted before the batch, for acting and for the
+  losses alike; test episodes greedy;
 * every loop over time (per-timestep critic steps, target forward passes, the actor's
   recurrent forward pass and back-propagation) stops at the batch's longest episode, as
   the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`).
 
-Departs from the reference in:
+Departs from the reference, or chooses where it is silent (default, then the option):
 
 * epsilon schedule 1.0 -> 0.05 over 500k steps (the TRAM paper's App. A; the reference's
-  ``offpg_smac.yaml`` starts at 0.5);
-* observations and states may be stored as float16 in the buffers (``storage_dtype``,
-  default float16) to fit the off-policy buffer in memory on large maps;
+  ``offpg_smac.yaml`` starts at 0.5): ``learner.epsilon_start=0.5`` gives the reference's;
+* observations and states are stored as float16 in both buffers, to fit the 5000-episode
+  off-policy buffer in memory on large maps (cast back to float32 when sampled; SMAX and
+  grid features lie in about [-1, 1], where float16 keeps 3 significant digits):
+  ``learner.storage_dtype=float32`` stores them as the reference does;
+* random numbers come from the run's JAX keys (the uniform samples, including the actor
+  batch's fallback, have the reference's distribution, not its draws) and a uniform
+  sample's order differs (no loss depends on it);
+* options that are not the reference: ``learner.actor_batch=latest`` (always the 16 newest
+  episodes) and ``learner.bootstrap_timeouts=true`` (targets bootstrap from the
+  post-episode slot at a timeout: the textbook treatment);
 * the actor gradient of the last update (before clipping, ascent direction) is kept in
-  the state for the J-based attack.
+  the state for the J-based attack (no effect on training). Under a training-time attack
+  the learner trains on the executed (perturbed) actions with its own clean policy; the
+  attack perturbs the softmax part of the poisoned agent's policy and the epsilon floor
+  is applied after it (``docs/attack-math.md``);
+* run level, not in this module: SMAX instead of StarCraft II, with SMAX's episode limits
+  (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
+  evaluation with 32 greedy test episodes every 10k steps (``run.test_episodes``,
+  ``run.eval_interval``; the DOP repository's SMAC config uses 24 every 20k).
+
+The targets, losses and reference facts are written out in ``docs/learners.md``.
 """
 
 from __future__ import annotations
@@ -75,7 +103,7 @@ class DOPConfig:
     buffer_size: int = 32
     """On-policy buffer capacity (episodes)."""
     batch_size: int = 16
-    """On-policy episodes per critic batch, and newest episodes per actor batch."""
+    """On-policy episodes per critic batch, and episodes per actor batch (``actor_batch``)."""
     off_buffer_size: int = 5000
     """Off-policy buffer capacity (episodes)."""
     off_batch_size: int = 32

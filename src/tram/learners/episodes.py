@@ -5,7 +5,10 @@ Layout (batch-major, ``E`` episodes, ``T`` the episode limit, ``T + 1`` slots): 
 holds what the agents saw at step ``t`` (obs, state, avail), the action taken, the reward
 and ``terminated`` flag of that step; slot ``ep_len`` holds the post-episode obs, state
 and avail for bootstrapping only. ``filled[t] = t < ep_len``. Losses use slots
-``[:T]`` and the mask ``filled`` with ``mask[1:] *= 1 - terminated[:-1]``.
+``[:T]`` and the mask ``filled`` with ``mask[1:] *= 1 - terminated[:-1]``. ``terminated`` is
+stored as the environment reports it (False at a time-limit end); whether the targets
+bootstrap at a timeout is the learner's choice (:func:`target_terminated`). DOP's actor
+batch rule is :func:`latest_indices`. ``docs/learners.md`` has the reference facts.
 
 Storage departs from the reference in one way, to fit large buffers in memory:
 observations and states may be stored as float16 (``storage_dtype``); they are cast back
