@@ -285,6 +285,16 @@ def main(argv: Optional[list[str]] = None):  # pragma: no cover - the console sc
 PRESETS_DIR = Path(__file__).parent / "presets"
 PAPER_PRESETS = ("paper_fig2", "paper_fig3", "paper_budgets", "paper_budgets_kl", "paper_appendix_d",
                  "paper_large_maps")
+SMAX_LITE_PARTS = {
+    "p1": ("smax_lite_p1",),                        # DOP on 3m, four methods, 3 seeds, 1M steps
+    "p2": ("smax_lite_p2",),                        # COMA on 3m and 2s3z (Fig. 9), 5 seeds
+    "p3": ("smax_lite_p3",),                        # DOP on 2s_vs_1sc, 3 seeds
+    "p5": ("smax_lite_p5_fa", "smax_lite_p5_kl"),   # COMA budget curves on 3m (Figs. 5/6, Tables 2/3)
+}
+"""The cells of ``tram reproduce smax-lite`` by part, in priority order. Part P4 (Fig. 1 with
+QMIX) is two steps: ``tram train --env 3m --learner qmix`` to find when clean QMIX reaches a
+test win rate of 0.6, then ``tram reproduce fig1 --attack-start STEP``."""
+SMAX_LITE_OUT = Path("results/smax-lite")
 
 
 def sweep_file(name_or_path: str) -> Path:
@@ -417,7 +427,8 @@ def _maps_from_args(maps: Optional[list[str]], extra: list[str]) -> list[str]:
 @handle_errors
 def reproduce(
     target: str = typer.Argument("paper", help="paper (Figs. 2, 3, 5, 6, App. D), fig1 (QMIX, deploy- vs "
-                                 "training-time attack) or demo."),
+                                 "training-time attack), smax-lite (the issue-sized SMAX subset, "
+                                 "results/smax-lite) or demo."),
     extra: Optional[list[str]] = typer.Argument(None, hidden=True, help="More --maps values (--maps 3m 2s3z)."),
     maps: Optional[list[str]] = typer.Option(None, "--maps", help="Restrict to these environments: "
                                              "--maps 3m 2s3z, --maps 3m,2s3z or --maps 3m --maps 2s3z."),
@@ -433,15 +444,31 @@ def reproduce(
     fa: str = typer.Option("1.0", "--fa", help="fig1: probability that the poisoned agent takes its worst-Q action."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value override for every run "
                                              "(e.g. learner.num_envs=8)."),
+    parts: Optional[str] = typer.Option(None, "--parts", help="smax-lite: the parts to run, in order, e.g. p2,p1 "
+                                        f"(default: {','.join(SMAX_LITE_PARTS)})."),
 ):
-    """Run the paper's experiment grid (or Fig. 1's three QMIX runs), then the report."""
+    """Run the paper's experiment grid (or Fig. 1's three QMIX runs, or the smax-lite subset of
+    issue-sized runs whose results are committed under results/smax-lite), then the report."""
     import yaml
 
     from tram.config import real_number
     from tram.envs import env_names
     from tram.experiments.sweep import expand_grid
 
-    presets = {"paper": PAPER_PRESETS, "demo": ("demo",), "fig1": ()}
+    presets = {"paper": PAPER_PRESETS, "demo": ("demo",), "fig1": (), "smax-lite": ()}
+    if target == "smax-lite":
+        chosen = [p.strip().lower() for p in (parts or ",".join(SMAX_LITE_PARTS)).split(",") if p.strip()]
+        for p in chosen:
+            if p not in SMAX_LITE_PARTS:
+                fail(f"--parts {p!r} is not a part of smax-lite; accepted: {', '.join(SMAX_LITE_PARTS)} (P4, Fig. 1, "
+                     f"runs through `tram reproduce fig1 --attack-start STEP`)")
+        presets["smax-lite"] = tuple(dict.fromkeys(n for p in chosen for n in SMAX_LITE_PARTS[p]))
+        if out == Path("runs"):
+            out = SMAX_LITE_OUT / "runs"
+        if report_dir == Path("report"):
+            report_dir = SMAX_LITE_OUT / "report"
+    elif parts is not None:
+        fail(f"--parts {parts!r} applies to smax-lite only, not to {target!r}")
     extra = list(extra or [])
     if target not in presets and maps and target in env_names():
         # `tram reproduce --maps 3m 2s3z`: click took the second map for the target
