@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakeruns import fake_config, make_fake_run
+from fakeruns import fake_config, make_fake_run, write_metric_rows
 from tram.experiments import store
 from tram.experiments.store import (
     METRIC_COLUMNS,
     CorruptRunError,
-    MetricsWriter,
     find_runs,
     load_checkpoint,
     load_run,
@@ -164,7 +163,7 @@ def test_run_status_transitions(tmp_path):
     assert run_status(run_dir) == "missing"
     write_json_atomic(run_dir / "config.json", cfg)
     assert run_status(run_dir) == "partial"
-    MetricsWriter(run_dir / "metrics.csv").append([{"seed": 0, "env_steps": 0, "test_return": 1.0}])
+    write_metric_rows(run_dir / "metrics.csv", [{"seed": 0, "env_steps": 0, "test_return": 1.0}])
     assert run_status(run_dir) == "partial"
     write_json_atomic(run_dir / "summary.json", {"status": "running"})
     assert run_status(run_dir) == "partial"
@@ -214,41 +213,30 @@ def _rows(n_seeds=2, n_evals=3):
             for s in range(n_seeds) for i in range(n_evals)]
 
 
-def test_metrics_writer_roundtrip_resume_and_truncate(tmp_path):
+def test_metrics_roundtrip_is_exact_and_sorted(tmp_path):
     path = tmp_path / "metrics.csv"
-    w = MetricsWriter(path)
-    w.append(_rows()[:3])
-    w.append_columns({"seed": np.array([1, 1, 1]), "env_steps": np.array([0, 10, 20]),
-                      "test_return": np.array([1.0, 1.1, 1.2]), "stealth_loglik": np.full(3, -1.0 / 3)})
+    rows = _rows()
+    write_metric_rows(path, rows[3:] + rows[:3])  # seed 1 first: read back sorted by (seed, env_steps)
     cols = read_metrics(path)
     assert cols["seed"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert cols["env_steps"].tolist() == [0, 10, 20, 0, 10, 20]
     assert cols["stealth_loglik"][0] == -1.0 / 3  # bit-exact round trip
     assert math.isnan(cols["kl_max"][0])
     assert stale_temp_files(tmp_path) == []
-    resumed = MetricsWriter(path)
-    assert len(resumed) == 6
-    with pytest.raises(ValueError, match="already written"):
-        resumed.append([{"seed": 0, "env_steps": 10}])
-    with pytest.raises(ValueError, match="unknown metric columns"):
-        resumed.append([{"seed": 0, "env_steps": 30, "bogus": 1.0}])
-    assert resumed.truncate_after(10) == 2
-    assert read_metrics(path)["env_steps"].tolist() == [0, 10, 0, 10]
-    resumed.append([{"seed": 0, "env_steps": 20}])
-    assert len(read_metrics(path)["seed"]) == 5
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=1, max_size=8))
 def test_metrics_float_roundtrip_is_exact(tmp_path_factory, values):
     path = tmp_path_factory.mktemp("m") / "metrics.csv"
-    MetricsWriter(path).append({"seed": 0, "env_steps": i, "kl_mean": v} for i, v in enumerate(values))
+    write_metric_rows(path, [{"seed": 0, "env_steps": i, "kl_mean": v} for i, v in enumerate(values)])
     back = read_metrics(path)["kl_mean"]
     np.testing.assert_array_equal(back, np.asarray(values))
 
 
 def _write_good_metrics(tmp_path):
     path = tmp_path / "metrics.csv"
-    MetricsWriter(path).append(_rows())
+    write_metric_rows(path, _rows())
     return path
 
 
@@ -374,9 +362,9 @@ def test_load_run_checks_seeds_share_evaluation_steps(tmp_path):
     cfg = fake_config(seeds=(0, 1))
     run_dir = tmp_path / run_name(cfg)
     write_json_atomic(run_dir / "config.json", cfg)
-    writer = MetricsWriter(run_dir / "metrics.csv")
-    writer.append([{"seed": 0, "env_steps": t} for t in (0, 10, 20)] + [{"seed": 1, "env_steps": 0}])
+    rows = [{"seed": 0, "env_steps": t} for t in (0, 10, 20)] + [{"seed": 1, "env_steps": 0}]
+    write_metric_rows(run_dir / "metrics.csv", rows)
     assert load_run(run_dir).seeds == [0, 1]  # ragged but aligned: a partial run
-    writer.append([{"seed": 1, "env_steps": 15}])
+    write_metric_rows(run_dir / "metrics.csv", rows + [{"seed": 1, "env_steps": 15}])
     with pytest.raises(CorruptRunError, match="seed 1 is evaluated at env_steps"):
         load_run(run_dir)

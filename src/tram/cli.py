@@ -86,6 +86,26 @@ def build_config(env: str, learner: str, steps: int, seeds: tuple[int, ...], att
     return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
 
 
+def _run_or_exit(fn, *args, **kwargs):
+    """Calls ``fn``; a run-store fault ends the command with one line on stderr and an exit
+    code instead of a traceback: 130 for Ctrl-C (the message says where training stopped; a
+    rerun resumes), 1 when another process holds the run's lock or a write failed (the file
+    is named; the last good checkpoint is kept), 2 for a damaged or edited run file."""
+    from tram.experiments import store
+
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt as e:
+        typer.echo(str(e) or "interrupted; rerun the same command to resume", err=True)
+        raise typer.Exit(code=130)
+    except (store.RunLockedError, store.RunWriteError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1)
+    except store.CorruptRunError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=2)
+
+
 @app.command()
 def envs():
     """List every environment with agents, actions, observation and state sizes, episode limit."""
@@ -120,6 +140,8 @@ def train(
     restart: bool = typer.Option(False, help="Ignore a checkpoint and train from scratch."),
     no_progress: bool = typer.Option(False, help="No progress bar."),
     checkpoint_every: float = typer.Option(600.0, help="Seconds between checkpoints (resume point if killed)."),
+    wait: bool = typer.Option(False, help="If another process is training this run, wait for it "
+                              "(default: say which process and exit 1)."),
 ):
     """Train a learner (optionally under a TRAM attack) on all seeds at once; writes a run directory."""
     from tram.experiments.runner import train as run_train
@@ -129,7 +151,8 @@ def train(
                            eval_interval, test_episodes, set_ or [], attack_at, attack_start)
     except (ValueError, TypeError) as e:
         raise typer.BadParameter(str(e))
-    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=checkpoint_every)
+    run_dir = _run_or_exit(run_train, cfg, out, progress=not no_progress, restart=restart,
+                           checkpoint_every_s=checkpoint_every, wait=wait)
     typer.echo(str(run_dir))
 
 
@@ -170,8 +193,8 @@ def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str], che
                    keep_branch_point: Optional[int] = None) -> int:
     from tram.experiments.sweep import run_sweep
 
-    results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo,
-                        checkpoint_every_s=checkpoint_every, keep_branch_point=keep_branch_point)
+    results = _run_or_exit(run_sweep, configs, out, backend=backend, address=address, log=typer.echo,
+                           checkpoint_every_s=checkpoint_every, keep_branch_point=keep_branch_point)
     return sum(1 for r in results if r.error)
 
 
