@@ -291,6 +291,8 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
                   progress: bool, checkpoint_every_s: float, restart: bool, log,
                   keep_branch_point: int | None) -> Path:
     """:func:`train` once the run's lock is held."""
+    for tmp in store.stale_temp_files(run_dir):  # left by a killed writer; no writer runs now
+        tmp.unlink(missing_ok=True)
     if restart:
         store.clear_run(run_dir)  # the finished marker first: a killed restart is never "finished"
     elif (run_dir / store.CONFIG_FILE).exists():

@@ -353,10 +353,12 @@ def write_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
 
 
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Temporary files left in ``directory`` (and its ``checkpoint/``) by a killed writer."""
+    """Temporary files left in ``directory`` (and its ``checkpoint/`` and ``branch-point/``)
+    by a killed writer. Only the holder of the run's :class:`RunLock` may delete them."""
     directory = Path(directory)
     found = list(directory.glob(f"{_TMP_PREFIX}*"))
-    found += list((directory / CHECKPOINT_DIR).glob(f"{_TMP_PREFIX}*"))
+    for sub in (CHECKPOINT_DIR, BRANCH_POINT_DIR):
+        found += list((directory / sub).glob(f"{_TMP_PREFIX}*"))
     return sorted(found)
 
 
