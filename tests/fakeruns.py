@@ -6,6 +6,9 @@ Values are chosen so aggregates can be checked by hand:
   offset ``0.1 * (seed - mean seed)`` plus a window offset ``0.01 * (j - mean j)``; the
   step-0 evaluation is NaN. So each table cell (mean over seeds of the per-seed mean over
   windows) equals ``stealth_base`` exactly, while the last window alone does not.
+- ``stealth_loglik_alive`` is ``stealth_loglik / ALIVE_SHARE`` (as if the poisoned agent had
+  one available action on 20% of its steps, which contribute 0 to the every-step average),
+  so its cell equals ``stealth_base / ALIVE_SHARE``.
 - the final test metric of seed ``s`` (in ``summary.json``) is ``final_base(method) + 0.05 * s``.
 """
 
@@ -27,6 +30,7 @@ from tram.experiments.store import (
 STEALTH_BASE = {"var": -3.87, "jbased": -2.43, "random": -1.53}
 FINAL_BASE = {"none": 0.8, "random": 0.7, "jbased": 0.4, "var": 0.1}
 SMAX_ENVS = ("3m", "6m", "2s3z")
+ALIVE_SHARE = 0.8
 
 
 def stealth_base(method: str, f_a: float, kl_u: float) -> float:
@@ -80,6 +84,7 @@ def metric_rows(config: dict, n_evals: int | None = None) -> list[dict]:
                 "test_success": math.nan if smax else level * progress,
                 "train_return": level * progress * 18.0,
                 "stealth_loglik": stealth,
+                "stealth_loglik_alive": stealth / ALIVE_SHARE,
                 "kl_mean": 0.8 * kl_u if attacked else math.nan,
                 "kl_max": kl_u if attacked else math.nan,
                 "beta_mean": 1.5 if attacked else math.nan,
@@ -143,3 +148,20 @@ def make_fake_run(
             "status": "done", "final": final, "steps_per_second": 1000.0, "wall_time_s": 50.0,
         })
     return run_dir
+
+
+def make_legacy(run_dir: Path) -> None:
+    """Rewrite ``run_dir/metrics.csv`` as tram wrote it before ``stealth_loglik_alive``
+    existed: no every-step column, the alive average under the name ``stealth_loglik``."""
+    import csv
+
+    path = Path(run_dir) / "metrics.csv"
+    rows = list(csv.reader(path.read_text().splitlines()))
+    header = rows[0]
+    drop = header.index("stealth_loglik")
+    out = []
+    for row in rows:
+        row = [c for i, c in enumerate(row) if i != drop]
+        out.append(row)
+    out[0] = ["stealth_loglik" if c == "stealth_loglik_alive" else c for c in out[0]]
+    path.write_text("".join(",".join(r) + "\n" for r in out))

@@ -1,4 +1,4 @@
-"""Tests that pin TRAM's attack maths (``shared/spec/attack-math.md``, "Tests that pin the maths").
+"""Tests that pin TRAM's attack maths (``docs/attack-math.md``, "Tests that pin these formulas").
 
 Budget (Algorithm 1, Eq. 3), directions (Secs. 3.2-3.3 closed forms, Gram/JVP trick,
 one-step recurrent approximation) and the per-environment perturbation.

@@ -144,7 +144,7 @@ def test_same_key_same_numbers():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.timeout(300)  # guards the batched-LAPACK deadlock of shared/spec/jax-cpu.md
+@pytest.mark.timeout(300)  # guards the batched-LAPACK deadlock of docs/jax-cpu.md
 def test_seed_inside_vmapped_batch_equals_seed_alone():
     cfg = _config()
     _, alone = _run(cfg, (1,))

@@ -382,11 +382,12 @@ def test_config_defaults_and_registration():
 
 
 @pytest.mark.parametrize("method", ["var", "jbased"])
-def test_make_train_refuses_policy_gradient_attacks_for_qmix(method):
-    cfg = TrainConfig(env=EnvConfig("gather"), learner=qmix.QMIXConfig(), attack=AttackConfig(method=method),
-                      run=RunConfig(steps=100, seeds=(0,), eval_interval=50))
+def test_config_refuses_policy_gradient_attacks_for_qmix(method):
+    # Refused when the config is built (before anything compiles), with the same message
+    # on every surface (tests/test_reliability_inputs.py runs the CLI and sweep forms).
     with pytest.raises(ValueError) as err:
-        make_train(cfg)
+        TrainConfig(env=EnvConfig("gather"), learner=qmix.QMIXConfig(), attack=AttackConfig(method=method),
+                    run=RunConfig(steps=100, seeds=(0,), eval_interval=50))
     assert str(err.value) == (f"attack method {method!r} needs a policy-gradient learner (dop, coma); "
                               "qmix supports none, random, worst_q")
 

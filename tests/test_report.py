@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from fakeruns import FINAL_BASE, make_fake_run, stealth_base
+from fakeruns import ALIVE_SHARE, FINAL_BASE, make_fake_run, make_legacy, stealth_base
+from tram.experiments.store import load_run
 from tram.report import make_report
 from tram.report.collect import collect_runs
 from tram.report.stats import bootstrap_ci, curve_with_ci, iqm
@@ -125,16 +126,49 @@ def test_report_writes_figures_tables_and_export(main_report):
 def test_table1_numbers(main_report):
     out, _, _ = main_report
     rows = _csv(out / "tables" / "table1_stealth_dop.csv")
-    assert rows[0] == ["method", "3m", "spread"]
+    assert rows[0] == ["method", "3m", "3m alive", "spread", "spread alive"]
     assert [r[0] for r in rows[1:]] == ["Var-based TRAM", "J-based TRAM", "Random"]
     # Hand check: var on 3m. Seeds 0, 1, 2 have windows 1..5 (step 0 is NaN) with values
     # -3.87 + 0.1 (s - 1) + 0.01 (j - 2), j = 0..4: per-seed means -3.97, -3.87, -3.77 -> -3.87.
+    # The alive average of every window is that value / 0.8: -3.87 / 0.8 = -4.8375.
     assert float(rows[1][1]) == pytest.approx(-3.87, abs=1e-12)
-    assert float(rows[3][2]) == pytest.approx(stealth_base("random", 1.0, 6.0), abs=1e-12)
+    assert float(rows[1][2]) == pytest.approx(-4.8375, abs=1e-12)
+    assert float(rows[3][3]) == pytest.approx(stealth_base("random", 1.0, 6.0), abs=1e-12)
+    assert float(rows[3][4]) == pytest.approx(stealth_base("random", 1.0, 6.0) / ALIVE_SHARE, abs=1e-12)
     md = (out / "tables" / "table1_stealth_dop.md").read_text()
-    assert re.search(r"\| Var-based TRAM +\| -3\.87 +\| -3\.87 +\|", md)
+    assert re.search(r"\| Var-based TRAM +\| -3\.87 \(-4\.84\) +\| -3\.87 \(-4\.84\) +\|", md)
+    assert "every step of the poisoned agent (stealth_loglik" in md and "(stealth_loglik_alive)" in md
     tex = (out / "tables" / "table1_stealth_dop.tex").read_text()
-    assert "\\begin{tabular}" in tex and "-3.87" in tex and "\\toprule" in tex
+    assert "\\begin{tabular}" in tex and "-3.87 (-4.84)" in tex and "\\toprule" in tex
+    assert "stealth\\_loglik\\_alive" in tex
+
+
+def test_runs_recorded_before_both_stealth_averages_still_report(tmp_path):
+    """An old metrics.csv has one stealth column, the alive average, named stealth_loglik:
+    it loads as stealth_loglik_alive, the every-step average is NaN, and the table says so."""
+    for method in ("var", "jbased", "random"):
+        run_dir = make_fake_run(tmp_path, "3m", method, samples=False)
+        if method == "var":
+            make_legacy(run_dir)
+            header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+            assert "stealth_loglik_alive" not in header and header.count("stealth_loglik") == 1
+            run = load_run(run_dir)
+            assert np.isnan(run.metrics["stealth_loglik"]).all()
+            alive = run.metrics["stealth_loglik_alive"]
+            assert np.nanmean(alive) == pytest.approx(stealth_base("var", 1.0, 6.0) / ALIVE_SHARE)
+    out = tmp_path / "out"
+    make_report(tmp_path, out, n_boot=100, log=None)
+    rows = _csv(out / "tables" / "table1_stealth_dop.csv")
+    assert rows[1][:2] == ["Var-based TRAM", ""]
+    assert float(rows[1][2]) == pytest.approx(-3.87 / ALIVE_SHARE, abs=1e-12)
+    assert float(rows[2][1]) == pytest.approx(stealth_base("jbased", 1.0, 6.0), abs=1e-12)
+    md = (out / "tables" / "table1_stealth_dop.md").read_text()
+    assert re.search(r"\| Var-based TRAM +\| - \(-4\.84\) +\|", md)
+    assert "has only the alive average" in md
+    data = json.loads((out / "marl_eval.json").read_text())
+    absolute = data["smax"]["3m"]["dop_var_fa1_kl6"]["run_0"]["absolute_metrics"]
+    assert "stealth_loglik" not in absolute
+    assert absolute["stealth_loglik_alive"] == [pytest.approx((-3.87 - 0.1) / ALIVE_SHARE)]
 
 
 def test_final_table_numbers(main_report):
@@ -167,6 +201,10 @@ def test_marl_eval_export(main_report):
     assert run["step_5"]["step_count"] == 50_000
     assert run["step_5"]["win_rate"] == [pytest.approx(0.15)]
     assert run["absolute_metrics"]["win_rate"] == [pytest.approx(0.15)]
+    # stealth: seed 1's mean over windows (-3.87 + 0.1 * 0), and that / 0.8 for the alive average
+    assert run["absolute_metrics"]["stealth_loglik"] == [pytest.approx(-3.87)]
+    assert run["absolute_metrics"]["stealth_loglik_alive"] == [pytest.approx(-3.87 / ALIVE_SHARE)]
+    assert "stealth_loglik" not in run["step_5"]
     grid = data["grid"]["spread"]["dop_none"]["run_0"]
     assert "win_rate" not in grid["step_0"] and "success_rate" in grid["step_0"]
     # summary.json gives the final return; the success rate falls back to the last evaluation
@@ -197,12 +235,14 @@ def test_budget_tables_and_figures(tmp_path):
     rel = {p.relative_to(out).as_posix() for p in paths}
     assert {"figures/budget_fa_dop.png", "figures/budget_fa_dop_ci.pdf"} <= rel
     rows = _csv(out / "tables" / "table2_stealth_dop.csv")
-    assert rows[0] == ["method", "3m f_A=0.4", "3m f_A=0.7", "3m f_A=1"]
+    assert rows[0] == ["method", "3m f_A=0.4", "3m f_A=0.4 alive", "3m f_A=0.7", "3m f_A=0.7 alive",
+                       "3m f_A=1", "3m f_A=1 alive"]
     assert float(rows[1][1]) == pytest.approx(stealth_base("var", 0.4, 6.0))
-    assert float(rows[2][3]) == pytest.approx(stealth_base("jbased", 1.0, 6.0))
+    assert float(rows[1][2]) == pytest.approx(stealth_base("var", 0.4, 6.0) / ALIVE_SHARE)
+    assert float(rows[2][5]) == pytest.approx(stealth_base("jbased", 1.0, 6.0))
     assert any("map spread left out, missing jbased f_A=0.4" in m for m in messages)
     # Table 1 needs all three methods on a map: 3m has them, spread does not.
-    assert _csv(out / "tables" / "table1_stealth_dop.csv")[0] == ["method", "3m"]
+    assert _csv(out / "tables" / "table1_stealth_dop.csv")[0] == ["method", "3m", "3m alive"]
     assert any(m.startswith("Fig. 4 (dop) skipped") for m in messages)
 
 

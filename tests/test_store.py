@@ -249,7 +249,7 @@ def test_truncated_metrics_last_line_is_reported(tmp_path):
     # a last line cut at a field boundary, newline added by hand: too few fields
     lines = text.splitlines()
     path.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:5])]) + "\n")
-    with pytest.raises(CorruptRunError, match=r"metrics\.csv, line 7: 5 fields, expected 15"):
+    with pytest.raises(CorruptRunError, match=rf"metrics\.csv, line 7: 5 fields, expected {len(METRIC_COLUMNS)}"):
         read_metrics(path)
 
 

@@ -1,59 +1,173 @@
-"""The ``tram`` command line: ``envs``, ``train``, ``report``, ``demo``.
+"""The ``tram`` command line: ``envs``, ``train``, ``sweep``, ``reproduce``, ``report``, ``demo``.
 
 Every command maps onto the Python API (``tram.train``, ``tram.report``), so what the CLI
 does a script can do too.
+
+Errors: a bad input raises :class:`tram.config.ConfigError` (validated once, in the config
+layer); :func:`handle_errors` turns it into one line ``error: ...`` on stderr and exit code
+2, without a traceback (``tram --debug ...`` or ``TRAM_DEBUG=1`` prints it). Other modules
+register their own exception types and exit codes in :data:`ERROR_EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
+import functools
+import os
+import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Callable, NoReturn, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+from tram.validation import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tram: training-time attacks (TRAM) on cooperative multi-agent RL.")
 
+ERROR_EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2}
+"""Exception type -> exit code for errors printed as one line (``error: <str(e)>``). The
+most specific registered type of an exception wins; anything else is a bug and keeps its
+traceback."""
 
-def parse_steps(text: str) -> int:
-    """``"2e6"`` / ``"2000000"`` / ``"2_000_000"`` -> 2000000; rejects non-positive values."""
+ERROR_MESSAGES: dict[type[BaseException], Callable[[BaseException], str]] = {}
+"""Optional exception type -> message function (default: ``str(e)``)."""
+
+_debug = {"on": os.environ.get("TRAM_DEBUG", "") not in ("", "0")}
+
+
+def _register_run_store_errors() -> None:
+    """Run-store faults as one line and an exit code: 2 for a damaged or edited run file, 1
+    when another process holds the run's lock or a write failed (the file is named; the
+    last good checkpoint is kept), 130 for Ctrl-C (the message says where training stopped
+    and that a rerun resumes)."""
+    from tram.experiments import store
+
+    ERROR_EXIT_CODES.update({store.CorruptRunError: 2, store.RunLockedError: 1, store.RunWriteError: 1,
+                             KeyboardInterrupt: 130})
+    ERROR_MESSAGES[KeyboardInterrupt] = lambda e: str(e) or "interrupted; rerun the same command to resume"
+
+
+_register_run_store_errors()
+
+
+def _registered(e: BaseException) -> type[BaseException] | None:
+    for klass in type(e).__mro__:
+        if klass in ERROR_EXIT_CODES:
+            return klass
+    return None
+
+
+def handle_errors(fn):
+    """Decorator for a command: a registered exception becomes ``error: <message>`` on
+    stderr and its exit code (traceback only under ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised unless registered
+            klass = _registered(e)
+            if klass is None:
+                raise
+            if _debug["on"]:
+                traceback.print_exc()
+            message = ERROR_MESSAGES.get(klass, str)(e)
+            typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+            raise typer.Exit(ERROR_EXIT_CODES[klass]) from None
+
+    return wrapped
+
+
+def fail(message: str) -> NoReturn:
+    """Raises a :class:`ConfigError` with ``message`` (printed as ``error: ...``, exit 2)."""
+    raise ConfigError(message)
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error.")):
+    """tram: training-time attacks (TRAM) on cooperative multi-agent RL."""
+    if debug:
+        _debug["on"] = True
+
+
+OPTION_OF_KEY = {
+    "env.name": "--env", "learner.name": "--learner", "attack.method": "--attack", "attack.f_a": "--fa",
+    "attack.kl_u": "--kl", "attack.agent": "--attacked-agent", "attack.attack_at": "--attack-at",
+    "attack.attack_start": "--attack-start", "run.steps": "--steps", "run.seeds": "--seeds",
+    "run.eval_interval": "--eval-interval", "run.test_episodes": "--test-episodes",
+}
+"""Config key -> the ``tram train`` option that sets it (named in error messages)."""
+
+
+def _name_option(e: ConfigError) -> ConfigError:
+    """``e`` with its leading config key shown as ``--option (key)`` when an option sets it."""
+    msg, key = str(e), getattr(e, "key", None)
+    opt = OPTION_OF_KEY.get(key or "")
+    if opt and msg.startswith(key):
+        return ConfigError(f"{opt} ({key}){msg[len(key):]}", key)
+    return e
+
+
+def parse_steps(text: str, option: str = "--steps", lo: int = 1) -> int:
+    """``"2e6"`` / ``"2000000"`` / ``"2_000_000"`` -> 2000000; a :class:`ConfigError` naming
+    ``option`` for anything but a whole number >= ``lo``."""
+    from tram.config import whole_number
+
+    return whole_number(text, option, lo)
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """``"5"`` -> seeds 0..4; ``"0,3,7"`` -> those seeds (:func:`tram.config.parse_seeds`)."""
+    from tram.config import parse_seeds as _parse
+
+    return _parse(text, option)
+
+
+def check_out_dir(path: Path, option: str = "--out", create: bool = True) -> Path:
+    """Checks that ``path`` can be the output directory (and creates it when ``create``);
+    returns it. Refuses an existing non-directory and a path that cannot be created or
+    written (:class:`ConfigError` naming ``option``, the path and the reason)."""
+    accepted = "accepted: a directory path you can write to"
+    if path.exists() and not path.is_dir():
+        fail(f"{option} {str(path)!r} is an existing file, not a directory; {accepted}")
+    if not create:
+        parent = path
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            fail(f"{option} {str(path)!r} cannot be created ({str(parent)!r} is not a writable directory); {accepted}")
+        return path
     try:
-        v = float(str(text).replace("_", ""))
-    except ValueError:
-        raise typer.BadParameter(f"--steps must be a number such as 2e6 or 500000, got {text!r}")
-    if v < 1 or v != int(v):
-        raise typer.BadParameter(f"--steps must be a whole number >= 1, got {text!r}")
-    return int(v)
+        path.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        fail(f"{option} {str(path)!r} cannot be created or written ({e.strerror or e}); {accepted}")
+    return path
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"5"`` -> seeds 0..4; ``"0,3,7"`` -> those seeds."""
-    try:
-        if "," in text:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip())
-        else:
-            seeds = tuple(range(int(text)))
-    except ValueError:
-        raise typer.BadParameter(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}")
-    if not seeds or min(seeds) < 0:
-        raise typer.BadParameter(f"--seeds needs at least one non-negative seed, got {text!r}")
-    return seeds
+def check_backend(backend: str) -> str:
+    """``backend`` if it is ``local`` or ``ray``; else a :class:`ConfigError`."""
+    if backend not in ("local", "ray"):
+        fail(f"--backend {backend!r} is not accepted; accepted: local, ray")
+    return backend
 
 
 def apply_overrides(cfg_dict: dict, sets: list[str]) -> dict:
     """Applies ``section.field=value`` overrides (values parsed as Python literals)."""
     for item in sets or []:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise typer.BadParameter(f"--set takes section.field=value (e.g. learner.epsilon_anneal_steps=50000), got {item!r}")
+            fail(f"--set {item!r} is not accepted; accepted: section.field=value (e.g. learner.epsilon_anneal_steps=50000)")
         key, raw = item.split("=", 1)
         section, fld = key.split(".", 1)
         if section not in cfg_dict or not isinstance(cfg_dict[section], dict):
-            raise typer.BadParameter(f"--set {item!r}: unknown section {section!r}; accepted: {', '.join(cfg_dict)}")
+            fail(f"--set {item!r}: unknown section {section!r}; accepted: {', '.join(cfg_dict)}")
         if section != "env" and fld not in cfg_dict[section]:
-            raise typer.BadParameter(
-                f"--set {item!r}: {section} has no field {fld!r}; accepted: {', '.join(cfg_dict[section])}")
+            fail(f"--set {item!r}: {section} has no field {fld!r}; accepted: {', '.join(cfg_dict[section])}")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -65,45 +179,31 @@ def apply_overrides(cfg_dict: dict, sets: list[str]) -> dict:
     return cfg_dict
 
 
-def build_config(env: str, learner: str, steps: int, seeds: tuple[int, ...], attack: str, fa: float,
-                 kl: float, attacked_agent: str, eval_interval: int, test_episodes: int, sets: list[str],
-                 attack_at: str = "train", attack_start: int = 0):
-    """Builds and validates a :class:`tram.config.TrainConfig` from CLI values."""
+def build_config(env: str, learner: str, steps, seeds, attack: str, fa, kl, attacked_agent, eval_interval,
+                 test_episodes, sets: list[str], attack_at: str = "train", attack_start=0):
+    """Builds and validates a :class:`tram.config.TrainConfig` from CLI values (numbers may
+    be text such as ``"1e3"``); a bad value raises :class:`ConfigError` naming the option."""
     from tram.config import EnvConfig, RunConfig, TrainConfig
     from tram.learners import LEARNER_CONFIGS
     from tram.attacks.perturb import AttackConfig
 
-    if learner not in LEARNER_CONFIGS:
-        raise typer.BadParameter(f"--learner must be one of {', '.join(LEARNER_CONFIGS)}, got {learner!r}")
-    agent = int(attacked_agent) if str(attacked_agent).isdigit() else attacked_agent
-    base = TrainConfig(
-        env=EnvConfig(name=env),
-        learner=LEARNER_CONFIGS[learner](),
-        attack=AttackConfig(method=attack, f_a=fa, kl_u=kl, agent=agent, attack_at=attack_at,
-                            attack_start=attack_start),
-        run=RunConfig(steps=steps, seeds=seeds, eval_interval=eval_interval, test_episodes=test_episodes),
-    )
-    return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
-
-
-def _run_or_exit(fn, *args, **kwargs):
-    """Calls ``fn``; a run-store fault ends the command with one line on stderr and an exit
-    code instead of a traceback: 130 for Ctrl-C (the message says where training stopped; a
-    rerun resumes), 1 when another process holds the run's lock or a write failed (the file
-    is named; the last good checkpoint is kept), 2 for a damaged or edited run file."""
-    from tram.experiments import store
-
     try:
-        return fn(*args, **kwargs)
-    except KeyboardInterrupt as e:
-        typer.echo(str(e) or "interrupted; rerun the same command to resume", err=True)
-        raise typer.Exit(code=130)
-    except (store.RunLockedError, store.RunWriteError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=1)
-    except store.CorruptRunError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(code=2)
+        if learner not in LEARNER_CONFIGS:
+            raise ConfigError(f"learner.name: {learner!r} is not accepted; accepted: {', '.join(LEARNER_CONFIGS)}",
+                              "learner.name")
+        attack_kw = dict(method=attack, f_a=fa, kl_u=kl, attack_at=attack_at, attack_start=attack_start)
+        if attacked_agent is not None:
+            attack_kw["agent"] = attacked_agent
+        base = TrainConfig(
+            env=EnvConfig(name=env),
+            learner=LEARNER_CONFIGS[learner](),
+            attack=AttackConfig(**attack_kw),
+            run=RunConfig(steps=steps, seeds=parse_seeds(seeds) if isinstance(seeds, str) else seeds,
+                          eval_interval=eval_interval, test_episodes=test_episodes),
+        )
+        return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
+    except ConfigError as e:
+        raise _name_option(e) from None
 
 
 @app.command()
@@ -122,54 +222,81 @@ def envs():
 
 
 @app.command()
+@handle_errors
 def train(
     env: str = typer.Option("3m", help="Environment name (see `tram envs`)."),
     learner: str = typer.Option("dop", help="dop, coma or qmix."),
     steps: str = typer.Option("2e6", help="Env steps per seed, e.g. 2e6."),
     seeds: str = typer.Option("5", help="Seed count (5) or list (0,3,7); all run in one program."),
     attack: str = typer.Option("none", help="none, random, var, jbased (TRAM) or worst_q (deploy-time)."),
-    fa: float = typer.Option(1.0, "--fa", help="Attack frequency f_A in [0, 1]."),
-    kl: float = typer.Option(6.0, "--kl", help="KL budget KL_U >= 0."),
-    attacked_agent: str = typer.Option("0", help="Poisoned agent: index or unit type (zealot, colossus...)."),
+    fa: str = typer.Option("1.0", "--fa", help="Attack frequency f_A in [0, 1]."),
+    kl: str = typer.Option("6.0", "--kl", help="KL budget KL_U >= 0."),
+    attacked_agent: Optional[str] = typer.Option(None, help="Poisoned agent: index or unit type (zealot, "
+                                                 "colossus...); default 0. Needs --attack."),
     attack_at: str = typer.Option("train", help="Where the attack acts: train, test or both."),
-    attack_start: int = typer.Option(0, help="Env step from which the attack acts."),
-    eval_interval: int = typer.Option(10_000, help="Env steps between greedy evaluations."),
-    test_episodes: int = typer.Option(32, help="Greedy test episodes per evaluation."),
+    attack_start: str = typer.Option("0", help="Env step from which the attack acts, e.g. 1e6."),
+    eval_interval: str = typer.Option("10000", help="Env steps between greedy evaluations, e.g. 1e4."),
+    test_episodes: str = typer.Option("32", help="Greedy test episodes per evaluation."),
     out: Path = typer.Option(Path("runs"), help="Run store directory."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field: learner.critic_lr=5e-4."),
     restart: bool = typer.Option(False, help="Ignore a checkpoint and train from scratch."),
     no_progress: bool = typer.Option(False, help="No progress bar."),
-    checkpoint_every: float = typer.Option(600.0, help="Seconds between checkpoints (resume point if killed)."),
+    checkpoint_every: str = typer.Option("600", help="Seconds between checkpoints (resume point if killed)."),
     wait: bool = typer.Option(False, help="If another process is training this run, wait for it "
                               "(default: say which process and exit 1)."),
 ):
     """Train a learner (optionally under a TRAM attack) on all seeds at once; writes a run directory."""
+    from tram.config import parse_seconds
+
+    cfg = build_config(env, learner, steps, seeds, attack, fa, kl, attacked_agent, eval_interval, test_episodes,
+                       set_ or [], attack_at, attack_start)
+    every = parse_seconds(checkpoint_every, "--checkpoint-every")
+    check_out_dir(out)
     from tram.experiments.runner import train as run_train
 
-    try:
-        cfg = build_config(env, learner, parse_steps(steps), parse_seeds(seeds), attack, fa, kl, attacked_agent,
-                           eval_interval, test_episodes, set_ or [], attack_at, attack_start)
-    except (ValueError, TypeError) as e:
-        raise typer.BadParameter(str(e))
-    run_dir = _run_or_exit(run_train, cfg, out, progress=not no_progress, restart=restart,
-                           checkpoint_every_s=checkpoint_every, wait=wait)
+    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=every, wait=wait)
     typer.echo(str(run_dir))
 
 
+def check_runs_dir(runs: Path) -> list[Path]:
+    """The run directories under ``runs``; a :class:`ConfigError` if ``runs`` is missing, not
+    a directory, or holds no run."""
+    from tram.experiments import store
+
+    accepted = "accepted: a run store directory written by `tram train` or `tram sweep`"
+    if not runs.exists():
+        fail(f"runs {str(runs)!r} does not exist; {accepted}")
+    if not runs.is_dir():
+        fail(f"runs {str(runs)!r} is not a directory; {accepted}")
+    found = store.find_runs(runs)
+    if not found:
+        fail(f"runs {str(runs)!r} holds no run directory (no config.json below it); {accepted}")
+    return found
+
+
 @app.command()
+@handle_errors
 def report(
     runs: Path = typer.Argument(Path("runs"), help="Run store directory (read only)."),
     out: Path = typer.Option(Path("report"), help="Where figures and tables go."),
 ):
     """Figures and tables (curves with CIs, Tables 1-3, Fig. 4, marl-eval JSON) from the store."""
+    check_runs_dir(runs)
+    check_out_dir(out)
     from tram.report import make_report
 
     paths = make_report(runs, out)
     typer.echo(f"wrote {len(paths)} files to {out} (index: {out / 'index.md'})")
 
 
-def main():  # pragma: no cover
-    app()
+def main(argv: Optional[list[str]] = None):  # pragma: no cover - the console script
+    """The ``tram`` console script: ``--debug`` is accepted anywhere on the command line."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    cut = args.index("--") if "--" in args else len(args)
+    if "--debug" in args[:cut]:
+        args = ["--debug"] + [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
+    app(args=args, prog_name="tram")
+
 
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -186,47 +313,52 @@ def sweep_file(name_or_path: str) -> Path:
     if preset.exists():
         return preset
     names = sorted(x.stem for x in PRESETS_DIR.glob("*.yaml"))
-    raise typer.BadParameter(f"sweep file {name_or_path!r} does not exist and is not a preset; presets: {', '.join(names)}")
+    fail(f"sweep file {name_or_path!r} does not exist and is not a preset; accepted: a YAML file or a preset: "
+         f"{', '.join(names)}")
 
 
 def _run_sweep_cli(configs, out: Path, backend: str, address: Optional[str], checkpoint_every: float = 600.0,
                    keep_branch_point: Optional[int] = None) -> int:
     from tram.experiments.sweep import run_sweep
 
-    results = _run_or_exit(run_sweep, configs, out, backend=backend, address=address, log=typer.echo,
-                           checkpoint_every_s=checkpoint_every, keep_branch_point=keep_branch_point)
+    results = run_sweep(configs, out, backend=backend, address=address, log=typer.echo,
+                        checkpoint_every_s=checkpoint_every, keep_branch_point=keep_branch_point)
     return sum(1 for r in results if r.error)
 
 
 @app.command()
+@handle_errors
 def sweep(
     file: str = typer.Argument(..., help="Sweep YAML file, or a preset name (demo, paper_fig2, ...)."),
     out: Path = typer.Option(Path("runs"), help="Run store directory."),
     backend: str = typer.Option("local", help="local (in-process) or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-    dry_run: bool = typer.Option(False, help="Only list the cells."),
-    checkpoint_every: float = typer.Option(600.0, help="Seconds between checkpoints of a running cell."),
+    dry_run: bool = typer.Option(False, help="Only list the cells (every cell is validated first)."),
+    checkpoint_every: str = typer.Option("600", help="Seconds between checkpoints of a running cell."),
 ):
     """Run a grid of (env, learner, method, f_A, KL_U) cells; finished cells are skipped."""
-    from tram.experiments.sweep import SweepError, load_sweep
+    from tram.config import parse_seconds
+    from tram.experiments.sweep import load_sweep
 
-    try:
-        configs = load_sweep(sweep_file(file))
-    except SweepError as e:
-        raise typer.BadParameter(str(e))
+    check_backend(backend)
+    every = parse_seconds(checkpoint_every, "--checkpoint-every")
+    configs = load_sweep(sweep_file(file))  # every cell validated here, before anything runs
+    check_out_dir(out, create=not dry_run)
     if dry_run:
         for c in configs:
             typer.echo(f"{c.env.name} {c.learner.name} {c.attack.method} f_a={c.attack.f_a:g} kl_u={c.attack.kl_u:g} "
                        f"seeds={len(c.run.seeds)} steps={c.run.steps:,}")
         return
-    failures = _run_sweep_cli(configs, out, backend, address, checkpoint_every)
+    failures = _run_sweep_cli(configs, out, backend, address, every)
     raise typer.Exit(code=1 if failures else 0)
 
 
 @app.command()
+@handle_errors
 def demo(out: Path = typer.Option(Path("demo"), help="Output directory (runs/ and the report).")):
     """A small reproduction on the Gather grid task: clean, random, J-based and var-based TRAM,
     2 seeds, then the figure and the stealth table in OUT."""
+    check_out_dir(out)
     from tram.experiments.sweep import load_sweep
     from tram.report import make_report
 
@@ -279,20 +411,33 @@ def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int
     from tram.learners import LEARNER_CONFIGS
 
     if not 0 < attack_start < steps:
-        raise ValueError(f"--attack-start must be between 0 and --steps ({steps:,}), exclusive, so that the "
-                         f"attack starts during the run; got {attack_start:,}")
+        fail(f"--attack-start {attack_start:,} is not accepted; accepted: a step between 0 and --steps ({steps:,}), "
+             f"exclusive, so that the attack starts during the run")
     run = RunConfig(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000))
+    EnvConfig(env)  # unknown map: ConfigError listing the maps
     base = dict(env=EnvConfig(env), learner=LEARNER_CONFIGS["qmix"](), run=run)
     return [TrainConfig(**base, attack=AttackConfig(method="none")),
             TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="test", attack_start=attack_start)),
             TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="both", attack_start=attack_start))]
 
 
+def _maps_from_args(maps: Optional[list[str]], extra: list[str]) -> list[str]:
+    """``--maps`` values, comma lists split (``--maps 3m,2s3z``), plus the extra words of the
+    README form ``--maps 3m 2s3z`` (click gives those as positional arguments)."""
+    out: list[str] = []
+    for item in list(maps or []) + list(extra):
+        out.extend(x.strip() for x in item.split(",") if x.strip())
+    return out
+
+
 @app.command()
+@handle_errors
 def reproduce(
     target: str = typer.Argument("paper", help="paper (Figs. 2, 3, 5, 6, App. D), fig1 (QMIX, deploy- vs "
                                  "training-time attack) or demo."),
-    maps: Optional[list[str]] = typer.Option(None, "--maps", help="Restrict to these environments."),
+    extra: Optional[list[str]] = typer.Argument(None, hidden=True, help="More --maps values (--maps 3m 2s3z)."),
+    maps: Optional[list[str]] = typer.Option(None, "--maps", help="Restrict to these environments: "
+                                             "--maps 3m 2s3z, --maps 3m,2s3z or --maps 3m --maps 2s3z."),
     steps: Optional[str] = typer.Option(None, help="Env steps per seed (default: the paper's 2e6)."),
     seeds: Optional[str] = typer.Option(None, help="Seed count or list (default 5)."),
     out: Path = typer.Option(Path("runs"), help="Run store directory."),
@@ -302,52 +447,62 @@ def reproduce(
     dry_run: bool = typer.Option(False, help="Print the plan and the time estimate only."),
     map_: str = typer.Option("3m", "--map", help="fig1: the SMAX map (the paper does not name it)."),
     attack_start: str = typer.Option("1e6", help="fig1: env step at which the deploy-time attack starts."),
-    fa: float = typer.Option(1.0, "--fa", help="fig1: probability that the poisoned agent takes its worst-Q action."),
+    fa: str = typer.Option("1.0", "--fa", help="fig1: probability that the poisoned agent takes its worst-Q action."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value override for every run "
                                              "(e.g. learner.num_envs=8)."),
 ):
     """Run the paper's experiment grid (or Fig. 1's three QMIX runs), then the report."""
     import yaml
 
-    from tram.experiments.sweep import SweepError, expand_grid
-    from tram.report import make_report
+    from tram.config import real_number
+    from tram.envs import env_names
+    from tram.experiments.sweep import expand_grid
 
     presets = {"paper": PAPER_PRESETS, "demo": ("demo",), "fig1": ()}
+    extra = list(extra or [])
+    if target not in presets and maps and target in env_names():
+        # `tram reproduce --maps 3m 2s3z`: click took the second map for the target
+        extra, target = [target] + extra, "paper"
     if target not in presets:
-        raise typer.BadParameter(f"reproduce target must be one of {', '.join(presets)}, got {target!r}")
+        fail(f"reproduce target {target!r} is not accepted; accepted: {', '.join(presets)}")
+    if extra and not maps:
+        fail(f"unexpected argument(s) {' '.join(extra)}; only --maps takes several values (--maps 3m 2s3z)")
+    check_backend(backend)
+    wanted = _maps_from_args(maps, extra)
+    if target == "fig1" and wanted:
+        fail(f"--maps {' '.join(wanted)} does not apply to fig1, which trains on one map; accepted: --map NAME "
+             f"(default 3m)")
+    steps_n = parse_steps(steps) if steps is not None else None
+    seeds_t = parse_seeds(seeds) if seeds is not None else None
+    specs = {name: yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text()) for name in presets[target]}
+    grid_maps = list(dict.fromkeys(e for spec in specs.values() for e in spec["envs"]))
+    for m in wanted:
+        if m not in grid_maps:
+            why = "is not in the" if m in env_names() else "is not an environment (see `tram envs`) of the"
+            fail(f"--maps {m!r} {why} {target} grid; accepted: {', '.join(grid_maps)}")
     configs, seen = [], set()
     if target == "fig1":
-        try:
-            configs = fig1_configs(map_, parse_steps(steps or "2e6"), parse_seeds(seeds or "5"),
-                                   parse_steps(attack_start), fa)
-        except ValueError as e:
-            raise typer.BadParameter(str(e))
-    for name in presets[target]:
-        spec = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text())
-        if maps:
-            spec["envs"] = [e for e in spec["envs"] if e in maps]
+        configs = fig1_configs(map_, steps_n or 2_000_000, seeds_t or tuple(range(5)),
+                               parse_steps(attack_start, "--attack-start"), real_number(fa, "--fa", 0.0, 1.0))
+    for name, spec in specs.items():
+        if wanted:
+            spec["envs"] = [e for e in spec["envs"] if e in wanted]
             if not spec["envs"]:
                 continue
-        if steps is not None:
-            spec["steps"] = parse_steps(steps)
-        if seeds is not None:
-            spec["seeds"] = list(parse_seeds(seeds))
-        try:
-            for c in expand_grid(spec):
-                if c.to_json() not in seen:
-                    seen.add(c.to_json())
-                    configs.append(c)
-        except SweepError as e:
-            raise typer.BadParameter(str(e))
-    if not configs:
-        raise typer.BadParameter(f"--maps {maps} selects no environment of the {target} grid")
+        if steps_n is not None:
+            spec["steps"] = steps_n
+        if seeds_t is not None:
+            spec["seeds"] = list(seeds_t)
+        for c in expand_grid(spec):
+            if c.to_json() not in seen:
+                seen.add(c.to_json())
+                configs.append(c)
     if sets:
         from tram.config import TrainConfig
 
-        try:
-            configs = [TrainConfig.from_dict(apply_overrides(c.to_dict(), sets)) for c in configs]
-        except ValueError as e:
-            raise typer.BadParameter(str(e))
+        configs = [TrainConfig.from_dict(apply_overrides(c.to_dict(), sets)) for c in configs]
+    check_out_dir(out, create=not dry_run)
+    check_out_dir(report_dir, "--report", create=not dry_run)
     total_steps = sum(c.run.steps * len(c.run.seeds) for c in configs)
     est = _estimate_seconds(configs)
     if target == "fig1":  # the attacked runs branch from the clean one at attack_start
@@ -363,6 +518,12 @@ def reproduce(
         failures += _run_sweep_cli(configs[1:], out, backend, address)
     else:
         failures = _run_sweep_cli(configs, out, backend, address)
+    from tram.report import make_report
+
     paths = make_report(out, report_dir)
     typer.echo(f"report: {len(paths)} files in {report_dir}")
     raise typer.Exit(code=1 if failures else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

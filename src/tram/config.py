@@ -3,17 +3,102 @@
 ``TrainConfig(env, learner, attack, run)`` is the full, resolved description of a run; it is
 saved as ``config.json`` with every run and round-trips through :meth:`TrainConfig.to_dict`
 and :meth:`TrainConfig.from_dict`.
+
+Validation happens here, once, for every surface (CLI, sweep files, Python API): a bad value
+raises :class:`ConfigError` (a ``ValueError``) whose one-line message names the key, the
+value and what is accepted. Besides each field, :class:`TrainConfig` checks the fields
+against each other and against the environment, without building anything heavy (the
+environment's agent list comes from :func:`env_spec`, cached per name and options):
+
+- the attacked agent exists on the environment (index in range, unit type present);
+- the learner supports the attack method (QMIX has no policy for TRAM's var/J-based
+  directions);
+- a clean run (``attack.method`` ``none``) leaves every other attack field at its default,
+  since those fields would change the run's hash without changing the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from tram.attacks.perturb import AttackConfig
 from tram.learners import LEARNER_CONFIGS
+from tram.validation import ConfigError, real_number, whole_number
+
+__all__ = ["ConfigError", "EnvConfig", "RunConfig", "TrainConfig", "AttackConfig", "env_spec", "parse_seeds",
+           "parse_seconds", "real_number", "whole_number"]
+
+
+@functools.lru_cache(maxsize=256)
+def _env_spec(name: str, options: tuple[tuple[str, Any], ...]):
+    from tram.envs import make_env
+
+    return make_env(name, **dict(options)).spec
+
+
+def env_spec(name: str, options: tuple[tuple[str, Any], ...] = ()):
+    """The :class:`~tram.envs.base.EnvSpec` of environment ``name`` with ``options`` (agent
+    count, unit types, sizes), cached; building it compiles nothing.
+
+    Raises:
+        ConfigError: unknown name, or an option the environment does not accept.
+    """
+    try:
+        return _env_spec(name, tuple(options))
+    except TypeError:  # an unhashable option value: build without the cache
+        from tram.envs import make_env
+
+        try:
+            return make_env(name, **dict(options)).spec
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"env.options {dict(options)!r} of {name}: {e}", "env.options") from None
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"env.options {dict(options)!r} of {name}: {e}", "env.options") from None
+
+
+def parse_seeds(value: Any, key: str = "run.seeds") -> tuple[int, ...]:
+    """Seeds from a count (``5`` or ``"5"`` -> 0..4), a list (``[0, 3, 7]``) or text
+    (``"0,3,7"``) -> a tuple of distinct non-negative ints.
+
+    Raises:
+        ConfigError: anything else (the message names ``key`` and the value).
+    """
+    accepted = "a seed count such as 5 (seeds 0..4) or distinct seeds >= 0 such as 0,3,7"
+    try:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if "," in value:
+                seeds = tuple(int(p) for p in parts if p)
+            else:
+                seeds = tuple(range(int(parts[0])))
+        elif isinstance(value, bool):
+            raise ValueError
+        elif isinstance(value, int):
+            seeds = tuple(range(value))
+        elif isinstance(value, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            seeds = tuple(int(x) for x in value)
+        else:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not accepted; accepted: {accepted}", key) from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{key}: {value!r} is not accepted; accepted: {accepted}", key)
+    return seeds
+
+
+def parse_seconds(value: Any, key: str = "--checkpoint-every") -> float:
+    """A positive, finite number of seconds (``600``, ``"1e3"``) as a float.
+
+    Raises:
+        ConfigError: NaN, infinite, zero, negative or not a number.
+    """
+    return real_number(value, key, 0.0, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -28,10 +113,17 @@ class EnvConfig:
     def __post_init__(self):
         from tram.envs import env_names
 
-        if self.name not in env_names():
-            raise ValueError(f"env.name {self.name!r} is unknown; accepted: {', '.join(env_names())}")
+        if not isinstance(self.name, str) or self.name not in env_names():
+            raise ConfigError(f"env.name: {self.name!r} is not accepted; accepted: {', '.join(env_names())}",
+                              "env.name")
         if isinstance(self.options, dict):
             object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        env_spec(self.name, self.options)  # unknown or bad options fail here, not when training
+
+    @property
+    def spec(self):
+        """The environment's :class:`~tram.envs.base.EnvSpec` (cached; see :func:`env_spec`)."""
+        return env_spec(self.name, self.options)
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -53,15 +145,12 @@ class RunConfig:
     """Greedy test episodes per evaluation."""
 
     def __post_init__(self):
-        if isinstance(self.seeds, int) or not isinstance(self.seeds, (tuple, list)):
-            raise ValueError(f"run.seeds must be a tuple of integers, got {self.seeds!r}")
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"run.seeds must be >= 1 distinct non-negative integers, got {self.seeds!r}")
+        if not isinstance(self.seeds, (tuple, list)):
+            raise ConfigError(f"run.seeds: {self.seeds!r} is not accepted; accepted: a tuple of distinct "
+                              f"integers >= 0", "run.seeds")
+        object.__setattr__(self, "seeds", parse_seeds(tuple(self.seeds)))
         for name in ("steps", "eval_interval", "test_episodes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"run.{name} must be an integer >= 1, got {v!r}")
+            object.__setattr__(self, name, whole_number(getattr(self, name), f"run.{name}"))
 
     @property
     def num_windows(self) -> int:
@@ -83,7 +172,41 @@ class TrainConfig:
         if self.learner is None:
             object.__setattr__(self, "learner", LEARNER_CONFIGS["dop"]())
         if type(self.learner) not in LEARNER_CONFIGS.values():
-            raise ValueError(f"learner must be one of {', '.join(LEARNER_CONFIGS)} configs, got {self.learner!r}")
+            raise ConfigError(f"learner: {self.learner!r} is not accepted; accepted: a config of "
+                              f"{', '.join(LEARNER_CONFIGS)}", "learner")
+        for name, cls in (("env", EnvConfig), ("attack", AttackConfig), ("run", RunConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not accepted; accepted: a {cls.__name__}", name)
+        self._check_attack()
+
+    def _check_attack(self) -> None:
+        """Cross-field checks of the attack (module docstring)."""
+        import importlib
+
+        a = self.attack
+        if a.method == "none":
+            default = AttackConfig()
+            changed = [f.name for f in dataclasses.fields(AttackConfig)
+                       if f.name != "method" and getattr(a, f.name) != getattr(default, f.name)]
+            if changed:
+                f = changed[0]
+                raise ConfigError(f"attack.{f}: {getattr(a, f)!r} given without an attack (attack.method is none); "
+                                  f"accepted: choose an attack method ({', '.join(m for m in _attack_methods() if m != 'none')}) "
+                                  f"or leave attack.{f} at its default {getattr(default, f)!r}", f"attack.{f}")
+            return
+        learner = self.learner.name
+        supported = getattr(importlib.import_module(f"tram.learners.{learner}"), "SUPPORTED_ATTACKS", None)
+        if supported is not None and a.method not in supported:
+            able = [n for n in LEARNER_CONFIGS
+                    if a.method in getattr(importlib.import_module(f"tram.learners.{n}"), "SUPPORTED_ATTACKS", (a.method,))]
+            raise ConfigError(f"attack method {a.method!r} needs a policy-gradient learner ({', '.join(able)}); "
+                              f"{learner} supports {', '.join(supported)}", "attack.method")
+        resolve_agent(a.agent, self.env.spec)
+
+    @property
+    def attacked_agent_index(self) -> int | None:
+        """The poisoned agent's index on this environment, or ``None`` for a clean run."""
+        return None if self.attack.method == "none" else resolve_agent(self.attack.agent, self.env.spec)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -93,21 +216,82 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        learner_d = dict(d.get("learner", {}))
+        """A validated config from :meth:`to_dict`'s form (keys may be missing: defaults).
+
+        Raises:
+            ConfigError: an unknown section or field, or a bad value (the message names the
+                key, the value and what is accepted).
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: {d!r} is not accepted; accepted: a mapping with sections "
+                              f"env, learner, attack, run", "config")
+        unknown = sorted(set(d) - {"env", "learner", "attack", "run", "versions"})
+        if unknown:
+            raise ConfigError(f"config section {unknown[0]!r} is not accepted; accepted: env, learner, attack, run",
+                              unknown[0])
+        sections = {}
+        for sec in ("env", "learner", "attack", "run"):
+            v = d.get(sec, {})
+            if not isinstance(v, dict):
+                raise ConfigError(f"{sec}: {v!r} is not accepted; accepted: a mapping of {sec} fields", sec)
+            sections[sec] = dict(v)
+        learner_d = sections["learner"]
         name = learner_d.get("name", "dop")
-        if name not in LEARNER_CONFIGS:
-            raise ValueError(f"learner.name must be one of {', '.join(LEARNER_CONFIGS)}; got {name!r}")
-        run_d = dict(d.get("run", {}))
-        if "seeds" in run_d:
+        if not isinstance(name, str) or name not in LEARNER_CONFIGS:
+            raise ConfigError(f"learner.name: {name!r} is not accepted; accepted: {', '.join(LEARNER_CONFIGS)}",
+                              "learner.name")
+        run_d = sections["run"]
+        if isinstance(run_d.get("seeds"), list):
             run_d["seeds"] = tuple(run_d["seeds"])
-        env_d = dict(d.get("env", {}))
-        env_d["options"] = tuple(sorted(dict(env_d.get("options", {})).items()))
-        return cls(
-            env=EnvConfig(**env_d),
-            learner=LEARNER_CONFIGS[name](**learner_d),
-            attack=AttackConfig(**d.get("attack", {})),
-            run=RunConfig(**run_d),
-        )
+        env_d = sections["env"]
+        opts = env_d.get("options", {})
+        if not isinstance(opts, (dict, tuple, list)):
+            raise ConfigError(f"env.options: {opts!r} is not accepted; accepted: a mapping of option -> value",
+                              "env.options")
+        env_d["options"] = tuple(sorted(dict(opts).items()))
+        for sec, klass in (("env", EnvConfig), ("learner", LEARNER_CONFIGS[name]), ("attack", AttackConfig),
+                           ("run", RunConfig)):
+            fields = [f.name for f in dataclasses.fields(klass)]
+            bad = sorted(set(sections[sec]) - set(fields))
+            if bad:
+                raise ConfigError(f"{sec}.{bad[0]} is not a field of {sec}; accepted: {', '.join(fields)}",
+                                  f"{sec}.{bad[0]}")
+        try:
+            learner = LEARNER_CONFIGS[name](**learner_d)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e), "learner") from None
+        return cls(env=EnvConfig(**env_d), learner=learner, attack=AttackConfig(**sections["attack"]),
+                   run=RunConfig(**run_d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _attack_methods() -> tuple[str, ...]:
+    from tram.attacks.perturb import ATTACK_METHODS
+
+    return tuple(ATTACK_METHODS)
+
+
+def resolve_agent(agent: int | str, spec) -> int:
+    """``attack.agent`` (an index, or a unit type such as ``"zealot"``) -> the index of that
+    agent on the environment ``spec`` (the first agent of the unit type).
+
+    Raises:
+        ConfigError: the index is out of range or no agent has that unit type (the message
+            lists the indices and unit types of ``spec``).
+    """
+    types = tuple(spec.agent_unit_types)
+    accepted = f"an index 0..{len(types) - 1} or a unit type of {spec.name}: {', '.join(sorted(set(types)))}"
+    if isinstance(agent, str):
+        name = agent.lower()
+        if name not in types:
+            raise ConfigError(f"attack.agent: no agent of unit type {agent!r} on {spec.name}; accepted: {accepted}",
+                              "attack.agent")
+        return types.index(name)
+    if not 0 <= int(agent) < len(types):
+        raise ConfigError(f"attack.agent: index {agent!r} is out of range on {spec.name} ({len(types)} agents); "
+                          f"accepted: {accepted}", "attack.agent")
+    return int(agent)

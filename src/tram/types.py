@@ -58,7 +58,9 @@ class AttackStepStats(NamedTuple):
     Attributes:
         attacked: 1.0 if this step sampled from the perturbed policy (Bernoulli(f_A)).
         stealth_loglik: Eq. 3 term of this step,
-            ``f_A * sum_a pi'(a) log pi(a) + (1 - f_A) * sum_a pi(a) log pi(a)``.
+            ``f_A * sum_a pi'(a) log pi(a) + (1 - f_A) * sum_a pi(a) log pi(a)``; exactly 0
+            at a step with one available action (``pi = pi'`` one-hot, ``log 1 = 0``), which
+            the every-step average relies on (``tram.attacks.budget.stealth_averages``).
         kl: ``KL(pi' || pi)`` of the perturbed policy (0 when no direction exists).
         beta: the step size chosen by Algorithm 1.
         saturated: 1.0 if KL never exceeded KL_U during doubling (beta is huge).

@@ -1,7 +1,8 @@
 """TRAM's training-time attacks as pure JAX functions (no learner code).
 
 * :mod:`tram.attacks.budget`: masked softmax and KL, Algorithm 1 (``find_beta``), Eq. 3
-  (``stealth_loglik``);
+  (``stealth_loglik``) and its two averages over the poisoned agent's steps
+  (``stealth_averages``);
 * :mod:`tram.attacks.directions`: the variance-based (Sec. 3.2), J-based (Sec. 3.3) and
   random directions, with the Gram-matrix / JVP closed forms and exact test variants;
 * :mod:`tram.attacks.perturb`: ``AttackConfig`` and ``make_perturbation`` (the
@@ -15,6 +16,7 @@ from tram.attacks.budget import (
     masked_log_softmax,
     masked_softmax,
     perturbed_kl,
+    stealth_averages,
     stealth_loglik,
     stealth_loglik_from_logits,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "perturbed_kl",
     "random_direction",
     "softmax_weight_gradient",
+    "stealth_averages",
     "stealth_loglik",
     "stealth_loglik_from_logits",
     "variance_direction",

@@ -32,6 +32,8 @@ __all__ = [
     "find_beta",
     "stealth_loglik",
     "stealth_loglik_from_logits",
+    "SINGLE_ACTION_STEALTH",
+    "stealth_averages",
 ]
 
 
@@ -336,3 +338,54 @@ def stealth_loglik_from_logits(logits: jax.Array, perturbed_logits: jax.Array, a
     cross = jnp.sum(pi_prime * log_pi, axis=-1)
     neg_entropy = jnp.sum(pi * log_pi, axis=-1)
     return f_a * cross + (1.0 - f_a) * neg_entropy
+
+
+SINGLE_ACTION_STEALTH = 0.0
+"""The exact Eq. 3 value of a step with ONE available action.
+
+With a single available action ``a*`` both policies put all their mass on it: ``pi(a*) =
+pi'(a*) = 1`` (the masked softmax of any logits; the learners' epsilon floor, spread over
+all actions and renormalised over the available ones, gives 1 as well). So
+``L = f_A * 1 * log 1 + (1 - f_A) * 1 * log 1 = 0`` for every ``f_A``: such a step is
+exactly as likely under the attack as without it (no perturbation exists). Every
+perturbation in :mod:`tram.attacks` reports exactly this value at such a step
+(:func:`stealth_loglik_from_logits` computes ``log pi(a*) = z - log(exp(0)) = 0`` with no
+rounding), which :func:`stealth_averages` relies on."""
+
+
+def stealth_averages(alive_sum: jax.Array, alive_steps: jax.Array, single_steps: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+    """The two averages of Eq. 3 over the poisoned agent's steps.
+
+    The paper averages Eq. 3 "over the poisoned agent's steps" without saying what happens
+    at steps where the agent has one available action (a dead SMAX unit can only "stop").
+    tram reports both readings:
+
+    * ``stealth_loglik`` (every step): ``(alive_sum + single_steps * 0) / (alive_steps +
+      single_steps)``; a single-action step contributes its exact value
+      :data:`SINGLE_ACTION_STEALTH` = 0;
+    * ``stealth_loglik_alive``: ``alive_sum / alive_steps``, over the steps with two or
+      more available actions only (what tram reported as ``stealth_loglik`` before both
+      existed). It is more negative by the factor ``(alive + single) / alive``, so it
+      favours attacks under which the poisoned agent dies early.
+
+    On the grid tasks every action is always available (``single_steps = 0``) and the two
+    coincide.
+
+    Args:
+        alive_sum: ``[...]`` sum of the per-step Eq. 3 values over the steps with >= 2
+            available actions.
+        alive_steps: ``[...]`` number of those steps.
+        single_steps: ``[...]`` number of steps with exactly one available action.
+
+    Returns:
+        ``(every, alive)``, each ``[...]`` float32; NaN where its denominator is 0.
+    """
+    alive_sum = jnp.asarray(alive_sum, jnp.float32)
+    alive_steps = jnp.asarray(alive_steps, jnp.float32)
+    all_steps = alive_steps + jnp.asarray(single_steps, jnp.float32)
+    every_sum = alive_sum + (all_steps - alive_steps) * SINGLE_ACTION_STEALTH
+    nan = jnp.float32(jnp.nan)
+    every = jnp.where(all_steps > 0, every_sum / jnp.maximum(all_steps, 1.0), nan)
+    alive = jnp.where(alive_steps > 0, alive_sum / jnp.maximum(alive_steps, 1.0), nan)
+    return every, alive

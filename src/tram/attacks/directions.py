@@ -1,7 +1,7 @@
 """Attack directions ``delta_hat``: variance-based (Sec. 3.2), J-based (Sec. 3.3), random.
 
 All directions are for ONE state of the poisoned agent ``k`` (unbatched ``[A]``; batch with
-``jax.vmap``). Notation (``shared/spec/attack-math.md``):
+``jax.vmap``). Notation (``docs/attack-math.md``):
 
 * ``pi = masked_softmax(l)``: the actor's softmax policy over available actions, WITHOUT
   the learner's epsilon floor (the floor is not part of what the attack perturbs);

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import numbers
 from dataclasses import dataclass
 
@@ -84,38 +85,31 @@ class AttackConfig:
     """Env step from which the attack acts (>= 0; see :mod:`tram.attacks.deploy`)."""
 
     def __post_init__(self):
+        from tram.validation import ConfigError, real_number, whole_number
+
         if not isinstance(self.method, str) or self.method not in ATTACK_METHODS:
-            raise ValueError(f"attack.method must be one of {', '.join(ATTACK_METHODS)}; got {self.method!r}")
-        for name, lo, hi, accepted in (("f_a", 0.0, 1.0, "a number in [0, 1]"),
-                                       ("kl_u", 0.0, math.inf, "a finite number >= 0")):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (lo <= float(v) <= hi) \
-                    or not math.isfinite(float(v)):
-                raise ValueError(f"attack.{name} must be {accepted}; got {v!r}")
-            object.__setattr__(self, name, float(v))
+            raise ConfigError(f"attack.method: {self.method!r} is not accepted; accepted: {', '.join(ATTACK_METHODS)}",
+                              "attack.method")
+        object.__setattr__(self, "f_a", real_number(self.f_a, "attack.f_a", 0.0, 1.0))
+        object.__setattr__(self, "kl_u", real_number(self.kl_u, "attack.kl_u", 0.0))
         agent = self.agent
-        if isinstance(agent, bool) or not isinstance(agent, (numbers.Integral, str)):
-            raise ValueError(f"attack.agent must be an agent index >= 0 or a unit-type name (str); got {agent!r}")
-        if isinstance(agent, str):
-            if not agent.strip():
-                raise ValueError(f"attack.agent must be an agent index >= 0 or a non-empty unit-type name; "
-                                 f"got {agent!r}")
-        else:
-            if int(agent) < 0:
-                raise ValueError(f"attack.agent must be an agent index >= 0 or a unit-type name (str); got {agent!r}")
-            object.__setattr__(self, "agent", int(agent))
+        accepted = "an agent index >= 0 or a unit-type name such as zealot"
+        if isinstance(agent, str) and re.fullmatch(r"\s*[+-]?\d+\s*", agent):
+            agent = int(agent)  # "2" (from the CLI or a YAML string) is the index 2
+        if isinstance(agent, bool) or not isinstance(agent, (numbers.Integral, str)) \
+                or (isinstance(agent, str) and not agent.strip()) or (not isinstance(agent, str) and int(agent) < 0):
+            raise ConfigError(f"attack.agent: {self.agent!r} is not accepted; accepted: {accepted}", "attack.agent")
+        object.__setattr__(self, "agent", agent.strip() if isinstance(agent, str) else int(agent))
         for name, lo, hi in (("bsn1", 1, _MAX_BSN1), ("bsn2", 0, None)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo or (hi is not None and v > hi):
                 accepted = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-                raise ValueError(f"attack.{name} must be {accepted}; got {v!r}")
+                raise ConfigError(f"attack.{name}: {v!r} is not accepted; accepted: {accepted}", f"attack.{name}")
             object.__setattr__(self, name, int(v))
         if not isinstance(self.attack_at, str) or self.attack_at not in ATTACK_AT:
-            raise ValueError(f"attack.attack_at must be one of {', '.join(ATTACK_AT)}; got {self.attack_at!r}")
-        v = self.attack_start
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"attack.attack_start must be an integer >= 0 (env steps); got {v!r}")
-        object.__setattr__(self, "attack_start", int(v))
+            raise ConfigError(f"attack.attack_at: {self.attack_at!r} is not accepted; accepted: {', '.join(ATTACK_AT)}",
+                              "attack.attack_at")
+        object.__setattr__(self, "attack_start", whole_number(self.attack_start, "attack.attack_start", lo=0))
 
     @property
     def is_identity(self) -> bool:

@@ -2,7 +2,7 @@
 
 Pure JAX, behind :class:`~tram.envs.base.TramEnv` (array view and JaxMARL dict view), so
 every function here works under ``jax.jit`` and ``jax.vmap``. Follows
-``shared/spec/envs.md`` ("Grid tasks") and App. C of the paper:
+``docs/envs.md`` ("Grid tasks") and App. C of the paper:
 
 * **Spread** (3 agents, 3 landmarks): reward ``-sum_i d_i - collisions`` with ``d_i`` the
   distance from landmark ``i`` to its nearest agent; success when every landmark is
@@ -14,14 +14,15 @@ every function here works under ``jax.jit`` and ``jax.vmap``. Follows
   ``-sum_i (|beta_i - mean(beta)| + |d_i - mean(d)|)``; success when that sum is below
   ``success_threshold``, i.e. the agents form a square centred on the landmark.
 
-Shared by all tasks (envs.md defaults marked "ours", kept): a ``grid_size`` x ``grid_size``
-grid (5 by default), actions 0 stay, 1 up, 2 down, 3 left, 4 right; a move off the grid is
-a no-op, so every action is always available (the mask is all True); Euclidean distance
-between cell centres; episodes of ``episode_limit`` = 25 steps (as in MPE) that end only
-by the time limit (``terminated`` is always False, so learners bootstrap, as DOP does).
+Shared by all tasks (our choices where the paper is silent, see ``docs/envs.md``): a
+``grid_size`` x ``grid_size`` grid (5 by default), actions 0 stay, 1 up, 2 down, 3 left,
+4 right; a move off the grid is a no-op, so every action is always available (the mask is
+all True); Euclidean distance between cell centres; episodes of ``episode_limit`` = 25
+steps (as in MPE) that end only by the time limit (``terminated`` is always False; whether
+a learner bootstraps at a time-limit end is its option ``learner.bootstrap_timeouts``).
 The reward of a step is computed on the positions *after* the move.
 
-Choices of ours that fill gaps in the paper and envs.md, with the reason:
+Further choices of ours that fill gaps in the paper, with the reason:
 
 * Coordinates: a position is ``(x, y)`` with ``x`` the column (left to right) and ``y``
   the row (bottom to top), both in ``[0, grid_size - 1]``; "up" is ``y + 1`` and "right"

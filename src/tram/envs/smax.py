@@ -4,7 +4,7 @@ Every map wraps :class:`jaxmarl.environments.smax.HeuristicEnemySMAX` (the enemy
 JaxMARL's scripted heuristic), built directly with ``scenario=...`` and per-unit-type
 arrays. JaxMARL's defaults are kept (``unit_list`` observations, its reward: normalised
 enemy health lost plus a won-battle bonus of 1, walls kill, 8 world steps of 1/16 s per
-env step). Follows ``shared/spec/envs.md`` ("StarCraft-style maps").
+env step). Summarised in ``docs/envs.md`` ("StarCraft-style maps").
 
 Maps (:func:`smax_map_names`): the paper's nine maps first (``3m, 6m, 2s3z, 2s_vs_1sc,
 1c3s5z, 3s5z, 10m_vs_11m, 15m, 20m``), then every other scenario built into JaxMARL's

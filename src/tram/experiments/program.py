@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tram.attacks.budget import stealth_averages
 from tram.envs import make_env
 from tram.envs.base import TramEnv
 from tram.learners.actor import epsilon_at
@@ -39,8 +40,8 @@ from tram.learners.episodes import EpisodeBuffer
 from tram.learners.rollout import AttackHook, AttackSample, collect_episodes, empty_sample, evaluate_greedy
 from tram.types import AttackStepStats
 
-ATTACK_FIELDS = ("stealth_loglik", "kl_mean", "kl_max", "beta_mean", "saturated_frac", "fallback_frac",
-                 "attacked_frac", "pmax_before", "pmax_after")
+ATTACK_FIELDS = ("stealth_loglik", "stealth_loglik_alive", "kl_mean", "kl_max", "beta_mean", "saturated_frac",
+                 "fallback_frac", "attacked_frac", "pmax_before", "pmax_after")
 
 
 class WindowAcc(NamedTuple):
@@ -67,9 +68,13 @@ class TrainState(NamedTuple):
 
 class WindowMetrics(NamedTuple):
     """One evaluation (one seed): scalars. Attack columns are NaN without an attack or
-    when the window had no attack step. Attack statistics are means over the poisoned
-    agent's steps with at least two available actions (a step with one available action
-    admits no perturbation and counts in ``fallback_frac``); ``stealth_loglik`` is Eq. 3;
+    when the window had no attack step. ``stealth_loglik`` is Eq. 3 averaged over EVERY
+    step of the poisoned agent (a step with one available action, e.g. a dead SMAX unit,
+    contributes its exact value 0); ``stealth_loglik_alive`` is Eq. 3 averaged over its steps
+    with at least two available actions (:func:`tram.attacks.budget.stealth_averages`). The
+    other attack statistics are means over the steps with at least two available actions
+    (a step with one available action admits no perturbation and counts in
+    ``fallback_frac``);
     ``beta_mean`` averages the steps whose KL reached the budget (a saturated search
     returns 2^BSN1; see ``saturated_frac``); ``pmax_*`` is the Fig. 4 statistic."""
 
@@ -80,6 +85,7 @@ class WindowMetrics(NamedTuple):
     critic_loss: jax.Array
     actor_loss: jax.Array
     stealth_loglik: jax.Array
+    stealth_loglik_alive: jax.Array
     kl_mean: jax.Array
     kl_max: jax.Array
     beta_mean: jax.Array
@@ -242,6 +248,7 @@ def make_train(config) -> TrainProgram:
             return v if train_attack else nan
 
         a = w.attack
+        stealth_every, stealth_alive = stealth_averages(a.stealth_loglik, w.attack_steps, w.single_steps)
         metrics = WindowMetrics(
             env_steps=state.env_steps,
             test_return=jnp.mean(ev.episode_return),
@@ -249,7 +256,8 @@ def make_train(config) -> TrainProgram:
             train_return=jnp.where(w.episodes > 0, w.train_return / jnp.maximum(w.episodes, 1.0), nan),
             critic_loss=jnp.where(w.updates > 0, w.info["critic_loss"] / jnp.maximum(w.updates, 1.0), nan),
             actor_loss=jnp.where(w.updates > 0, w.info["actor_loss"] / jnp.maximum(w.updates, 1.0), nan),
-            stealth_loglik=att(a.stealth_loglik / steps),
+            stealth_loglik=att(stealth_every),
+            stealth_loglik_alive=att(stealth_alive),
             kl_mean=att(a.kl / steps),
             kl_max=att(w.kl_max),
             beta_mean=att(jnp.where(w.attack_steps > a.saturated,
@@ -266,7 +274,7 @@ def make_train(config) -> TrainProgram:
         has_steps = w.attack_steps > 0
         metrics = metrics._replace(**{
             f: jnp.where(has_steps, getattr(metrics, f), nan) if train_attack else getattr(metrics, f)
-            for f in ("stealth_loglik", "kl_mean", "kl_max", "beta_mean", "saturated_frac", "attacked_frac",
+            for f in ("kl_mean", "kl_max", "beta_mean", "saturated_frac", "attacked_frac",
                       "pmax_before", "pmax_after")})
         if train_attack:
             metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,

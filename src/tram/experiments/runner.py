@@ -33,57 +33,12 @@ import numpy as np
 
 from tram.config import TrainConfig
 from tram.experiments import store
+from tram.experiments.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, enable_compile_cache  # noqa: F401
 from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train
 
 METRIC_COLUMNS = store.METRIC_COLUMNS
 assert METRIC_COLUMNS == ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
                           *ATTACK_FIELDS), "metrics.csv columns of the store and the program disagree"
-
-
-COMPILE_CACHE_ENV = "TRAM_COMPILE_CACHE"
-"""Environment variable: directory of JAX's persistent compilation cache (default
-``~/.cache/tram/xla/<host>``), or ``off``."""
-
-
-COMPILE_CACHE_MAX_BYTES = 2 << 30
-"""Size cap of the compilation cache (JAX evicts the least recently used programs)."""
-
-
-def _host_fingerprint() -> str:
-    """A short hash of this machine's architecture and CPU flags."""
-    import hashlib
-    import platform
-
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return hashlib.sha256(f"{platform.machine()}|{flags}".encode()).hexdigest()[:12]
-
-
-def enable_compile_cache() -> str | None:
-    """Points JAX's persistent compilation cache at ``$TRAM_COMPILE_CACHE`` (default
-    ``~/.cache/tram/xla/<host>``: one directory per CPU model and instruction set, since a
-    program compiled for one CPU may not run on another that shares the home directory)
-    unless the user configured one or set the variable to ``off``.
-
-    Runs whose programs are the same (same environment, learner, attack and seed count:
-    e.g. cells that differ only in ``steps`` or in the seed values, a resumed run, a Fig. 1
-    branch and its rerun, a Ray worker repeating a cell) then load the compiled program
-    instead of compiling it again, in this process or another. Returns the directory, or
-    ``None`` when the cache is off."""
-    current = jax.config.jax_compilation_cache_dir
-    if current:
-        return current
-    path = os.environ.get(COMPILE_CACHE_ENV, str(Path.home() / ".cache" / "tram" / "xla" / _host_fingerprint()))
-    if path.lower() in ("off", "0", "none", ""):
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    if jax.config.jax_compilation_cache_max_size == -1:  # unlimited: cap it, least recently used go first
-        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
-    return path
 
 
 def versions() -> dict[str, str]:

@@ -68,6 +68,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "test_success",
     "train_return",
     "stealth_loglik",
+    "stealth_loglik_alive",
     "kl_mean",
     "kl_max",
     "beta_mean",
@@ -527,7 +528,9 @@ def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Returns:
         Column name -> array ``[R]`` in :data:`METRIC_COLUMNS` order (int64 for ``seed`` and
         ``env_steps``, float64 otherwise), rows sorted by ``(seed, env_steps)``. A missing
-        file gives empty columns.
+        file gives empty columns. A file without ``stealth_loglik_alive`` (written before
+        tram reported both stealth averages) has its ``stealth_loglik`` column read as
+        ``stealth_loglik_alive`` and ``stealth_loglik`` all NaN.
 
     Raises:
         CorruptRunError: missing or extra columns, a line with the wrong number of fields, a
@@ -551,7 +554,12 @@ def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
         )
     lines = lines[:-1]
     header = next(csv.reader([lines[0]]))
-    missing = [c for c in METRIC_COLUMNS if c not in header]
+    # Written before the two stealth averages existed: its ``stealth_loglik`` is today's
+    # ``stealth_loglik_alive``; the every-step average cannot be recovered (NaN).
+    legacy = "stealth_loglik" in header and "stealth_loglik_alive" not in header
+    if legacy:
+        header = ["stealth_loglik_alive" if c == "stealth_loglik" else c for c in header]
+    missing = [c for c in METRIC_COLUMNS if c not in header and not (legacy and c == "stealth_loglik")]
     extra = [c for c in header if c not in METRIC_COLUMNS]
     if missing or extra or len(set(header)) != len(header):
         raise CorruptRunError(
@@ -581,7 +589,7 @@ def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
             )
         seen[key] = lineno
     cols = {
-        c: np.asarray(values[c], np.int64 if c in INT_COLUMNS else np.float64)
+        c: np.asarray(values.get(c, [math.nan] * len(values["seed"])), np.int64 if c in INT_COLUMNS else np.float64)
         for c in METRIC_COLUMNS
     }
     order = np.lexsort((cols["env_steps"], cols["seed"]))

@@ -20,7 +20,7 @@ per (env, learner). Finished cells are skipped (the run store knows them), a fai
 is reported and the sweep goes on, and the failures are listed at the end.
 
 Compiled programs are shared through JAX's persistent compilation cache
-(:func:`tram.experiments.runner.enable_compile_cache`): cells whose programs are the same
+(:func:`tram.experiments.compile_cache.enable_compile_cache`): cells whose programs are the same
 (e.g. the same cell at other ``steps`` or other seed values, a rerun, another Ray worker on
 the same machine type) load the compiled program instead of compiling it (DOP on Gather:
 18 s -> 3.5 s for the first evaluation window). Cells that differ in the attack method,
@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tram.config import TrainConfig
+from tram.config import ConfigError, TrainConfig, parse_seeds, real_number, whole_number
 
 SWEEP_KEYS = {
     "envs": "list of environment names (see `tram envs`)",
@@ -56,7 +56,7 @@ SWEEP_KEYS = {
 DEFAULT_METHODS = ("none", "random", "jbased", "var")
 
 
-class SweepError(ValueError):
+class SweepError(ConfigError):
     """A sweep file or grid is invalid; the message names the key and what is accepted."""
 
 
@@ -70,9 +70,16 @@ def _as_list(value, key: str) -> list:
 
 def _number(value, key: str) -> float:
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise SweepError(f"sweep key {key!r}: {value!r} is not a number ({SWEEP_KEYS[key]})") from None
+        return real_number(value, f"sweep key {key!r}")
+    except ConfigError as e:
+        raise SweepError(f"{e} ({SWEEP_KEYS[key]})", key) from None
+
+
+def _whole(value, key: str) -> int:
+    try:
+        return whole_number(value, f"sweep key {key!r}")
+    except ConfigError as e:
+        raise SweepError(str(e), key) from None
 
 
 def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
@@ -94,16 +101,13 @@ def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
     methods = [str(x) for x in _as_list(spec.get("methods", list(DEFAULT_METHODS)), "methods")]
     f_as = [_number(x, "f_a") for x in _as_list(spec.get("f_a", [1.0]), "f_a")]
     kl_us = [_number(x, "kl_u") for x in _as_list(spec.get("kl_u", [6.0]), "kl_u")]
-    seeds = spec.get("seeds", 5)
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        seeds = tuple(range(seeds))
-    elif isinstance(seeds, (list, tuple)):
-        seeds = tuple(seeds)
-    else:
-        raise SweepError(f"sweep key 'seeds': {seeds!r} is not {SWEEP_KEYS['seeds']}")
-    steps = _number(spec.get("steps", 2e6), "steps")
-    if steps < 1 or steps != int(steps):
-        raise SweepError(f"sweep key 'steps': {spec.get('steps')!r} must be a whole number >= 1")
+    try:
+        seeds = parse_seeds(spec.get("seeds", 5), "sweep key 'seeds'")
+    except ConfigError as e:
+        raise SweepError(str(e), "seeds") from None
+    steps = _whole(spec.get("steps", 2e6), "steps")
+    eval_interval = _whole(spec.get("eval_interval", 10_000), "eval_interval")
+    test_episodes = _whole(spec.get("test_episodes", 32), "test_episodes")
     agent_spec = spec.get("attacked_agent", 0)
     overrides = spec.get("set", {}) or {}
     if not isinstance(overrides, dict):
@@ -114,38 +118,56 @@ def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
 
     configs: list[TrainConfig] = []
     seen = set()
+    errors: list[str] = []
     for env, learner, method, f_a, kl_u in itertools.product(envs, learners, methods, f_as, kl_us):
         if method == "none":
             f_a, kl_u = 1.0, 6.0
         agent = agent_spec.get(env, 0) if isinstance(agent_spec, dict) else agent_spec
+        if method == "none":
+            agent = 0  # a clean cell has no attacked agent (config.py refuses one)
         try:
             base = TrainConfig(
                 env=EnvConfig(name=env),
                 learner=LEARNER_CONFIGS[learner](),
                 attack=AttackConfig(method=method, f_a=f_a, kl_u=kl_u, agent=agent),
-                run=RunConfig(steps=int(steps), seeds=seeds, eval_interval=int(spec.get("eval_interval", 10_000)),
-                              test_episodes=int(spec.get("test_episodes", 32))),
+                run=RunConfig(steps=steps, seeds=seeds, eval_interval=eval_interval, test_episodes=test_episodes),
             )
             cfg = TrainConfig.from_dict(apply_overrides(base.to_dict(), [f"{k}={v!r}" for k, v in overrides.items()]))
-        except Exception as e:  # noqa: BLE001 - re-raised with the cell named
-            raise SweepError(f"sweep cell (env={env}, learner={learner}, method={method}, f_a={f_a}, "
-                             f"kl_u={kl_u}): {e}") from None
+        except ConfigError as e:  # every cell is checked before any runs; the first bad one is named
+            errors.append(f"sweep cell (env={env}, learner={learner}, method={method}, f_a={f_a:g}, "
+                          f"kl_u={kl_u:g}): {e}")
+            continue
         key = cfg.to_json()
         if key not in seen:
             seen.add(key)
             configs.append(cfg)
+    if errors:
+        more = f" (and {len(errors) - 1} more invalid cell(s))" if len(errors) > 1 else ""
+        raise SweepError(errors[0] + more)
     return configs
 
 
 def load_sweep(path: str | Path) -> list[TrainConfig]:
     """Reads a sweep YAML file and expands it (see the module docstring)."""
     path = Path(path)
+    accepted = "accepted: a YAML file of sweep keys (see `tram sweep --help`) or a preset name"
+    if path.is_dir():
+        raise SweepError(f"sweep file {str(path)!r} is a directory; {accepted}")
     try:
-        spec = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise SweepError(f"sweep file {path} does not exist") from None
+        raise SweepError(f"sweep file {str(path)!r} does not exist; {accepted}") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"sweep file {str(path)!r} is not UTF-8 text (binary?); {accepted}") from None
+    except OSError as e:
+        raise SweepError(f"sweep file {str(path)!r} cannot be read ({e.strerror}); {accepted}") from None
+    try:
+        spec = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SweepError(f"sweep file {path} is not valid YAML: {e}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise SweepError(f"sweep file {str(path)!r} is not valid YAML{at} "
+                         f"({getattr(e, 'problem', None) or type(e).__name__}); {accepted}") from None
     return expand_grid(spec)
 
 
@@ -216,10 +238,19 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
                 log(f"[fail] {_cell_label(cfg)}: {type(e).__name__}: {e}")
                 results.append(CellResult(cfg, None, "".join(traceback.format_exception_only(type(e), e)).strip()))
     else:
+        import warnings
+
         import ray
 
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+        # ray.init starts Ray's own processes (GCS, raylet, ...) with subprocess, i.e. fork
+        # immediately followed by exec: the child never runs JAX, so JAX's at-fork warning
+        # ("os.fork() was called ... JAX is multithreaded") does not apply to it. Ray's
+        # workers are started by the raylet, not forked from this process. The warning is
+        # ignored around this call only; any other fork still warns.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
+                     include_dashboard=False, configure_logging=False)
         remote = ray.remote(num_cpus=1)(_run_local)
         futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
                    for cfg in todo}

@@ -9,7 +9,7 @@ Follows the reference code (TonghanWang/DOP ``modules/agents/rnn_agent.py``,
 * PyTorch's default initialisation (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for Linear
   weights and biases, ``U(-1/sqrt(H), 1/sqrt(H))`` for every GRU weight and bias). This also
   keeps QR (orthogonal init) out of seed-vmapped programs, which deadlocks batched LAPACK
-  on this CPU with jaxlib 0.10 (``shared/spec/jax-cpu.md``).
+  on this CPU with jaxlib 0.10 (``docs/jax-cpu.md``).
 
 The GRU is written out with PyTorch's gate equations (two fused matmuls, both with
 biases) rather than ``flax.linen.GRUCell``, whose bias layout differs from PyTorch's.

@@ -18,14 +18,38 @@ Follows the reference in:
   ``loss = -sum(mask A log pi(a_i)) / sum(mask)`` with the epsilon-floored policy;
 * target: hard copy after the actor step once 200 or more critic steps have passed since
   the last copy;
+* time-limit ends are terminal for the targets (``learner.bootstrap_timeouts = False``,
+  the default): pymarl's SMAC config has ``continuing_episode: False``, so its runners
+  store ``terminated = True`` at a timeout (:func:`tram.learners.episodes.target_terminated`);
 * hyper-parameters: 8 parallel environments, buffer 8, batch 8 (purely on-policy: each
   iteration trains on the 8 episodes just collected), RMSprop lr 5e-4 for both, alpha 0.99,
-  eps 1e-5, gradient clip 10, epsilon 0.5 -> 0.01 over 100k steps.
+  eps 1e-5, gradient clip 10, epsilon 0.5 -> 0.01 over 100k steps (pymarl's ``coma.yaml``);
+* observations and states stored as float32 (``learner.storage_dtype``, default float32:
+  the buffer holds only 8 episodes);
+* acting with the epsilon-floored policy (``mask_before_softmax: False``), epsilon at the
+  env steps counted before the batch for acting and the loss alike, greedy test episodes;
+* every time loop stops at the batch's longest episode (:mod:`tram.learners.timechunks`),
+  the same numbers as the reference's truncation to ``max_t_filled``.
 
-Departs from the reference in: nothing of the algorithm. The TRAM paper does not state
-its COMA hyper-parameters, so pymarl's are used. Like DOP, every time loop stops at the
-batch's longest episode (:mod:`tram.learners.timechunks`), and the last actor gradient is
-kept for the J-based attack.
+Departs from the reference, or chooses where it is silent (default, then the option):
+
+* the TRAM paper's hyper-parameters (App. A) describe its DOP setup (critic lr 1e-4,
+  DOP's networks, a 32-episode on-policy buffer) and say nothing specific about COMA, so
+  COMA keeps pymarl's, including the epsilon schedule above; App. A's schedule is
+  ``learner.epsilon_start=1.0``, ``epsilon_finish=0.05``, ``epsilon_anneal_steps=500000``;
+* random numbers come from the run's JAX keys; with batch = buffer = 8 the sample is the
+  whole buffer either way (its order differs, which no loss depends on);
+* option that is not the reference: ``learner.bootstrap_timeouts=true`` (targets
+  bootstrap from the post-episode slot at a timeout: the textbook treatment);
+* the last actor gradient is kept in the state for the J-based attack (no effect on
+  training). Under a training-time attack the learner trains on the executed (perturbed)
+  actions with its own clean policy; the attack perturbs the softmax part of the poisoned
+  agent's policy and the epsilon floor is applied after it (``docs/attack-math.md``);
+* run level, not in this module: SMAX instead of StarCraft II, with SMAX's episode limits
+  (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
+  evaluation with 32 greedy test episodes every 10k steps, as pymarl's SMAC config.
+
+The targets, losses and reference facts are written out in ``docs/learners.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +65,7 @@ from tram.learners.coma_parts import ComaCritic, coma_critic_inputs, coma_critic
 from tram.learners.common import check_actor_critic_config, positive_int, rmsprop
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, empty_episodes, episodes_nbytes,
-    loss_mask, truncate_length,
+    loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.policy_gradient import pg_loss_and_grad, take
 from tram.learners.targets import td_lambda_targets
@@ -75,6 +99,9 @@ class COMAConfig:
     """dtype of stored observations and states (the buffer holds only 8 episodes)."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the TD(lambda) targets; True:
+    they bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         check_actor_critic_config(self)
@@ -167,6 +194,24 @@ def ready_to_train(cfg: COMAConfig, state: COMAState) -> jax.Array:
     return state.on_buffer.count >= cfg.batch_size
 
 
+def critic_targets(nets: COMANets, target_params, ep: Episodes, inputs: jax.Array, cfg: COMAConfig,
+                   length: jax.Array | None = None) -> jax.Array:
+    """Per-agent TD(lambda) targets on the target critic at the taken actions (reference
+    ``COMALearner._train_critic``), with the shared reward, mask and termination flags of
+    :func:`tram.learners.episodes.target_terminated` (``cfg.bootstrap_timeouts``).
+
+    ``inputs [E, T+1, N, F]`` from :func:`episode_critic_inputs`; ``length`` (the batch's
+    longest episode) limits the target pass to slots ``[0, length]``. ``-> [E, T, N]``."""
+    apply = lambda x: nets.critic.apply(target_params, x)
+    target_q = apply(inputs) if length is None else map_time(apply, inputs, length + 1, cfg.time_chunk)
+    taken = take(target_q, ep.actions)  # [E, T+1, N]
+    mask = loss_mask(ep.filled, ep.terminated)  # [E, T]
+    term = target_terminated(ep, cfg.bootstrap_timeouts)  # [E, T]
+    per_agent = jax.vmap(jax.vmap(td_lambda_targets, in_axes=(None, None, None, 1, None, None), out_axes=1),
+                         in_axes=(0, 0, 0, 0, None, None))
+    return per_agent(ep.reward[:, :-1], term, mask, taken, cfg.gamma, cfg.td_lambda)
+
+
 def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) -> tuple[COMAState, dict]:
     """One COMA iteration on ``batch_size`` episodes sampled from the buffer: critic
     (reversed per-timestep steps), then actor with the recorded Q values, then the target
@@ -174,13 +219,8 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
     ep = buffer_sample_uniform(key, state.on_buffer, cfg.batch_size).as_float32()
     length = truncate_length(ep)  # longest episode: loss slots [0, length)
     inputs = episode_critic_inputs(ep, nets.critic.num_actions)  # [E, T+1, N, F]
-    target_q = map_time(lambda x: nets.critic.apply(state.target_params, x), inputs, length + 1, cfg.time_chunk)
-    taken = take(target_q, ep.actions)  # [E, T+1, N]
     mask = loss_mask(ep.filled, ep.terminated)  # [E, T]
-    term = ep.terminated[:, :-1].astype(jnp.float32)
-    per_agent = jax.vmap(jax.vmap(td_lambda_targets, in_axes=(None, None, None, 1, None, None), out_axes=1),
-                         in_axes=(0, 0, 0, 0, None, None))
-    targets = per_agent(ep.reward[:, :-1], term, mask, taken, cfg.gamma, cfg.td_lambda)  # [E, T, N]
+    targets = critic_targets(nets, state.target_params, ep, inputs, cfg, length)  # [E, T, N]
 
     res = coma_critic_step_sequence(nets.critic.apply, rmsprop(cfg.critic_lr, cfg), state.critic_params,
                                     state.critic_opt, inputs[:, :-1], ep.actions[:, :-1], targets, mask, length)

@@ -17,6 +17,16 @@ def unit_interval(cfg, field: str):
         raise ValueError(f"learner.{field} must be in [0, 1], got {v!r}")
 
 
+def boolean(cfg, field: str):
+    """Checks that ``cfg.field`` is a bool; the strings ``true`` / ``false`` (any case, as
+    ``--set learner.field=true`` gives them) are converted in place."""
+    v = getattr(cfg, field)
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        object.__setattr__(cfg, field, v.lower() == "true")
+    elif not isinstance(v, bool):
+        raise ValueError(f"learner.{field} must be true or false, got {v!r}")
+
+
 def check_actor_critic_config(cfg):
     """Checks shared by the actor-critic learners' configs (DOP, COMA)."""
     for f in ("num_envs", "buffer_size", "batch_size", "target_update_interval", "rnn_hidden",
@@ -33,6 +43,7 @@ def check_actor_critic_config(cfg):
             f"learner.batch_size ({cfg.batch_size}) must be <= learner.buffer_size ({cfg.buffer_size})")
     if cfg.storage_dtype not in ("float16", "float32"):
         raise ValueError(f"learner.storage_dtype must be one of float16, float32; got {cfg.storage_dtype!r}")
+    boolean(cfg, "bootstrap_timeouts")
 
 
 def rmsprop(lr: float, cfg) -> optax.GradientTransformation:

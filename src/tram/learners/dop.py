@@ -22,25 +22,53 @@ Follows the reference in:
   valid entry, loss ``sum(mask (Q_tot - y)^2) / sum(mask)``, gradient norm clipped at 20
   over critic and mixer together; the target is hard-copied once 600 or more such steps
   have passed since the last copy (checked once per critic training call);
-* critic before actor; the actor trains on the 16 NEWEST episodes with the current critic
-  (not the target), ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` (detached) weighted by
+* critic before actor; the actor trains on the on-policy buffer's ``sample_latest(16)``
+  (``learner.actor_batch = "reference"``, the default: the 16 newest episodes when the
+  write position ``p >= 16``, else a uniform sample of 16 of the 32 stored, i.e. in 4
+  iterations out of 8; :func:`tram.learners.episodes.latest_indices`) with the current
+  critic (not the target), ``A_i = Q_i(a_i) - sum_a pi_i(a) Q_i(a)`` (detached) weighted by
   ``k_i(s)``, ``loss = -sum(mask k A log pi(a_i)) / sum(mask)`` with the mask repeated per
-  agent;
+  agent, gradient norm clipped at 20;
+* time-limit ends are terminal for both targets (``learner.bootstrap_timeouts = False``,
+  the default): the reference's SMAC config has ``continuing_episode: False``, so its
+  runners store ``terminated = True`` at a timeout
+  (:func:`tram.learners.episodes.target_terminated`);
 * RMSprop(alpha 0.99, eps 1e-5 outside the square root as in PyTorch), actor lr 5e-4,
   critic lr 1e-4, 4 parallel environments, one training iteration per 4 new episodes once
-  the buffers hold 16 and 32 episodes;
+  the buffers hold 16 and 32 episodes; the critic and the mixer share one RMSprop (the
+  reference has two with equal settings and a joint clip: the same update, since RMSprop
+  is per parameter);
+* epsilon evaluated at the env steps counted before the batch, for acting and for the
+  losses alike; test episodes greedy;
 * every loop over time (per-timestep critic steps, target forward passes, the actor's
   recurrent forward pass and back-propagation) stops at the batch's longest episode, as
   the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`).
 
-Departs from the reference in:
+Departs from the reference, or chooses where it is silent (default, then the option):
 
 * epsilon schedule 1.0 -> 0.05 over 500k steps (the TRAM paper's App. A; the reference's
-  ``offpg_smac.yaml`` starts at 0.5);
-* observations and states may be stored as float16 in the buffers (``storage_dtype``,
-  default float16) to fit the off-policy buffer in memory on large maps;
+  ``offpg_smac.yaml`` starts at 0.5): ``learner.epsilon_start=0.5`` gives the reference's;
+* observations and states are stored as float16 in both buffers, to fit the 5000-episode
+  off-policy buffer in memory on large maps (cast back to float32 when sampled; SMAX and
+  grid features lie in about [-1, 1], where float16 keeps 3 significant digits):
+  ``learner.storage_dtype=float32`` stores them as the reference does;
+* random numbers come from the run's JAX keys (the uniform samples, including the actor
+  batch's fallback, have the reference's distribution, not its draws) and a uniform
+  sample's order differs (no loss depends on it);
+* options that are not the reference: ``learner.actor_batch=latest`` (always the 16 newest
+  episodes) and ``learner.bootstrap_timeouts=true`` (targets bootstrap from the
+  post-episode slot at a timeout: the textbook treatment);
 * the actor gradient of the last update (before clipping, ascent direction) is kept in
-  the state for the J-based attack.
+  the state for the J-based attack (no effect on training). Under a training-time attack
+  the learner trains on the executed (perturbed) actions with its own clean policy; the
+  attack perturbs the softmax part of the poisoned agent's policy and the epsilon floor
+  is applied after it (``docs/attack-math.md``);
+* run level, not in this module: SMAX instead of StarCraft II, with SMAX's episode limits
+  (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
+  evaluation with 32 greedy test episodes every 10k steps (``run.test_episodes``,
+  ``run.eval_interval``; the DOP repository's SMAC config uses 24 every 20k).
+
+The targets, losses and reference facts are written out in ``docs/learners.md``.
 """
 
 from __future__ import annotations
@@ -57,8 +85,8 @@ from tram.learners.actor import RNNActor
 from tram.learners.common import check_actor_critic_config, positive_int, rmsprop, unit_interval
 from tram.learners.nets import TorchDense
 from tram.learners.episodes import (
-    EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_latest, buffer_sample_uniform,
-    empty_episodes, episodes_nbytes, loss_mask, truncate_length,
+    LATEST_RULES, EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, buffer_take,
+    empty_episodes, episodes_nbytes, latest_indices, loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
 from tram.learners.policy_gradient import pg_loss, pg_loss_and_grad, policy_over_episodes, take
@@ -75,7 +103,7 @@ class DOPConfig:
     buffer_size: int = 32
     """On-policy buffer capacity (episodes)."""
     batch_size: int = 16
-    """On-policy episodes per critic batch, and newest episodes per actor batch."""
+    """On-policy episodes per critic batch, and episodes per actor batch (``actor_batch``)."""
     off_buffer_size: int = 5000
     """Off-policy buffer capacity (episodes)."""
     off_batch_size: int = 32
@@ -102,9 +130,19 @@ class DOPConfig:
     """dtype of stored observations and states: float16 or float32."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    actor_batch: str = "reference"
+    """The actor's on-policy batch: ``reference`` (the reference's ``sample_latest``: the
+    ``batch_size`` newest episodes, or a uniform sample of the on-policy buffer when the
+    write position is below ``batch_size``) or ``latest`` (always the newest)."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the critic targets; True:
+    targets bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         check_actor_critic_config(self)
+        if self.actor_batch not in LATEST_RULES:
+            raise ValueError(
+                f"learner.actor_batch must be one of {', '.join(LATEST_RULES)}; got {self.actor_batch!r}")
         for f in ("off_buffer_size", "off_batch_size", "tb_steps", "critic_hidden", "mixing_embed"):
             positive_int(self, f)
         if self.off_batch_size > self.off_buffer_size:
@@ -204,8 +242,9 @@ def on_policy_targets(nets: DOPNets, target_params, ep: Episodes, cfg: DOPConfig
     q = q_over_episodes(nets, target_params, ep, length, cfg.time_chunk)
     qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
+    term = target_terminated(ep, cfg.bootstrap_timeouts)
     return jax.vmap(td_lambda_targets, in_axes=(0, 0, 0, 0, None, None))(
-        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, cfg.gamma, cfg.td_lambda)
+        ep.reward[:, :-1], term, mask, qt, cfg.gamma, cfg.td_lambda)
 
 
 def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes, epsilon,
@@ -217,8 +256,9 @@ def off_policy_targets(nets: DOPNets, target_params, actor_params, ep: Episodes,
     qt = mix(nets, target_params, take(q, ep.actions), ep.state)
     expected = mix(nets, target_params, jnp.sum(pi * q, axis=-1), ep.state)
     mask = loss_mask(ep.filled, ep.terminated)
+    term = target_terminated(ep, cfg.bootstrap_timeouts)
     return jax.vmap(tree_backup_targets, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))(
-        ep.reward[:, :-1], ep.terminated[:, :-1].astype(jnp.float32), mask, qt, expected, c,
+        ep.reward[:, :-1], term, mask, qt, expected, c,
         cfg.gamma, cfg.tb_lambda, cfg.tb_steps)
 
 
@@ -358,10 +398,11 @@ def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
 
 def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> tuple[DOPState, dict]:
     """One DOP training iteration: critic (on 16 + 32 sampled episodes), then actor (on the
-    16 newest). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
+    batch of ``cfg.actor_batch``, :func:`tram.learners.episodes.latest_indices`). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
     work done (``critic_timesteps`` steps taken, ``target_slots`` slots per episode of the
     target passes, ``actor_slots`` slots per episode of the actor pass)."""
     k_on, k_off = jax.random.split(key)
+    k_actor = jax.random.fold_in(key, 1)  # leaves the critic's samples as they were before the option
     on = buffer_sample_uniform(k_on, state.on_buffer, cfg.batch_size).as_float32()
     off = buffer_sample_uniform(k_off, state.off_buffer, cfg.off_batch_size).as_float32()
     num_steps = jnp.maximum(truncate_length(on), truncate_length(off))
@@ -379,7 +420,8 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
     target_params = jax.tree.map(lambda c, t: jnp.where(do_copy, c, t), critic_params, state.target_params)
     last_update = jnp.where(do_copy, critic_steps, state.last_target_update)
 
-    latest = buffer_latest(state.on_buffer, cfg.batch_size).as_float32()
+    actor_idx, _ = latest_indices(k_actor, state.on_buffer, cfg.batch_size, cfg.actor_batch)
+    latest = buffer_take(state.on_buffer, actor_idx).as_float32()
     a_loss, grads = actor_loss_and_grad(state.actor_params, nets, critic_params, latest, epsilon,
                                         truncate_length(latest), cfg.time_chunk)
     updates, actor_opt = rmsprop(cfg.actor_lr, cfg).update(grads, state.actor_opt, state.actor_params)

@@ -7,7 +7,7 @@ PyTorch's ``nn.Linear(fan_in, out)`` initialises its weight with
 The reference code (TonghanWang/DOP, oxwhirl/pymarl) never overrides it.
 
 Using it also keeps QR (flax's ``orthogonal`` initialiser) out of seed-vmapped programs,
-which can deadlock batched LAPACK on a 2-core CPU (``shared/spec/jax-cpu.md``).
+which can deadlock batched LAPACK on a 2-core CPU (``docs/jax-cpu.md``).
 
 Note: :mod:`tram.learners.actor` has its own ``TorchDense`` (a wrapped ``nn.Dense``, so
 its parameters sit one level deeper, under ``Dense_0``); the one here stores ``kernel``

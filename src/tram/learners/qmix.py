@@ -35,24 +35,39 @@ Follows the reference in:
   the env steps counted before the episode (``t_env`` is updated at the end of an
   episode); test episodes are greedy (``tram.learners.rollout.evaluate_greedy``);
 * the GRU runs from zeros at the start of every stored episode and over the post-episode
-  slot as well (its live Q-values give the argmax of the last target).
-
-Departs from the reference in:
-
-* ``num_envs`` parallel environments (default 1 = the reference's ``batch_size_run: 1``
-  episode runner; with more, one training iteration per batch of episodes and the
-  episode counter advances by ``num_envs``, as PyMARL's parallel runner does);
-* observations and states may be stored as float16 in the replay buffer
-  (``storage_dtype``, default float16, as DOP's 5000-episode buffer) to fit 5000 episodes
-  per seed with several seeds on large maps;
+  slot as well (its live Q-values give the argmax of the last target);
+* time-limit ends are terminal for the targets (``learner.bootstrap_timeouts = False``,
+  the default): pymarl's SMAC config has ``continuing_episode: False``, so its runners
+  store ``terminated = True`` at a timeout and ``y_t = r_t`` at the last step
+  (:func:`tram.learners.episodes.target_terminated`);
+* ``num_envs`` parallel environments, default 1 (the reference's ``batch_size_run: 1``
+  episode runner); with more, one training iteration per batch of episodes and the
+  episode counter advances by ``num_envs``, as PyMARL's parallel runner does;
 * time loops (target passes, the live pass for the double-Q argmax, the loss and its
   back-propagation through time) stop at the sampled batch's longest episode, chunk by
   chunk (:mod:`tram.learners.timechunks`), the same numbers as the reference's
-  truncation to ``max_t_filled``;
+  truncation to ``max_t_filled``.
+
+Departs from the reference, or chooses where it is silent (default, then the option):
+
+* observations and states are stored as float16 in the replay buffer, as in DOP's
+  5000-episode buffer, to fit 5000 episodes per seed with several seeds on large maps
+  (cast back to float32 when sampled): ``learner.storage_dtype=float32`` stores them as
+  the reference does;
+* option that is not the reference: ``learner.bootstrap_timeouts=true`` (``y_t = r_t +
+  gamma Q_tot^-`` also at a timeout's last step: the textbook treatment);
+* random numbers come from the run's JAX keys (uniform samples with the reference's
+  distribution, not its draws; their order differs, which the loss does not depend on);
+* run level, not in this module: SMAX instead of StarCraft II, with SMAX's episode limits
+  (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
+  the deploy-time ``worst_q`` attack of Fig. 1 is tram's reading of the paper (see
+  :mod:`tram.attacks.deploy`);
 * learner-state fields ``prev_actor_grad`` (zeros) and ``has_prev_grad`` (False) exist only
   because the training program reads them; QMIX has no policy gradient, so the
   J-based and variance-based attacks are refused (:data:`SUPPORTED_ATTACKS`);
 * ``info["actor_loss"]`` is NaN (there is no actor loss); ``critic_loss`` is the TD loss.
+
+The targets and reference facts are written out in ``docs/learners.md``.
 
 Shape letters: ``E`` episodes, ``T + 1`` slots, ``N`` agents, ``A`` actions, ``S`` state
 features, ``I`` agent-network inputs, ``H`` hidden units.
@@ -69,10 +84,10 @@ import jax.numpy as jnp
 import optax
 
 from tram.learners.actor import RNNActor
-from tram.learners.common import positive_int, rmsprop, unit_interval
+from tram.learners.common import boolean, positive_int, rmsprop, unit_interval
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, empty_episodes, episodes_nbytes,
-    loss_mask, truncate_length,
+    loss_mask, target_terminated, truncate_length,
 )
 from tram.learners.nets import TorchDense
 from tram.learners.policy_gradient import episode_actor_inputs, take
@@ -126,6 +141,9 @@ class QMIXConfig:
     """dtype of stored observations and states: float16 or float32."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
+    bootstrap_timeouts: bool = False
+    """False (the reference): a time-limit end is terminal for the Q-learning targets;
+    True: they bootstrap from the post-episode slot there."""
 
     def __post_init__(self):
         if self.name != "qmix":
@@ -142,8 +160,8 @@ class QMIXConfig:
         if self.batch_size > self.buffer_size:
             raise ValueError(
                 f"learner.batch_size ({self.batch_size}) must be <= learner.buffer_size ({self.buffer_size})")
-        if not isinstance(self.double_q, bool):
-            raise ValueError(f"learner.double_q must be true or false, got {self.double_q!r}")
+        boolean(self, "double_q")
+        boolean(self, "bootstrap_timeouts")
         if isinstance(self.hypernet_layers, bool) or self.hypernet_layers not in (1, 2):
             raise ValueError(f"learner.hypernet_layers must be one of 1, 2; got {self.hypernet_layers!r}")
         if self.storage_dtype not in ("float16", "float32"):
@@ -301,7 +319,8 @@ def episode_targets(nets: QMIXNets, params, target_params, ep: Episodes, cfg: QM
 
     xs = (q_next, ep.state[:, 1:].astype(jnp.float32))
     q_tot_next = mix_fn(xs) if length is None else map_time(mix_fn, xs, length, cfg.time_chunk)
-    return q_learning_targets(ep.reward[:, :-1], ep.terminated[:, :-1], q_tot_next, cfg.gamma)
+    return q_learning_targets(ep.reward[:, :-1], target_terminated(ep, cfg.bootstrap_timeouts), q_tot_next,
+                              cfg.gamma)
 
 
 def _chunk_td_loss(nets: QMIXNets, params, h, x, mask_sum):

@@ -8,9 +8,12 @@ post-episode slot, used for bootstrapping only.
 
 Conventions shared with the reference code (oxwhirl/pymarl, TonghanWang/DOP):
 
-* ``terminated[t] = 1`` only when the environment really ended at step ``t``; an end by
-  the time limit has ``terminated = 0`` everywhere, so the value of the post-episode
-  slot ``T`` is bootstrapped.
+* ``terminated[t] = 1`` where no target may bootstrap past step ``t``; with
+  ``terminated = 0`` everywhere (an episode cut by the time limit, when the learner's
+  ``bootstrap_timeouts`` is true) the value of the post-episode slot ``T`` is
+  bootstrapped. The learners pass :func:`tram.learners.episodes.target_terminated`, which
+  by default also marks a timeout's last step, as the reference runs store it
+  (``docs/learners.md``, "Time-limit ends").
 * ``mask`` is :func:`episode_mask` (``filled`` with the steps after a termination
   removed); outputs at masked steps carry no loss.
 """
@@ -77,8 +80,8 @@ def td_lambda_targets(
 
     for ``t = T-1, ..., 0``; returns ``ret[0:T]``. With ``lam = 0`` this is the one-step TD
     target ``mask[t] (r[t] + gamma target_q[t+1] (1 - terminated[t]))``; with ``lam = 1`` it
-    is the discounted Monte-Carlo return plus ``gamma^(T-t) target_q[T]`` when the
-    episode ended by the time limit.
+    is the discounted Monte-Carlo return plus ``gamma^(T-t) target_q[T]`` when no step is
+    flagged terminated (a time-limit end the caller chose to bootstrap).
 
     Note that ``ret[t+1]`` is carried through masked steps unmasked, exactly as in the
     reference: after a termination every later step is masked and ``ret[T] = 0``, so the
@@ -147,7 +150,8 @@ def tree_backup_targets(
     with ``delta[t+j] = 0`` for ``t + j >= T`` (zero padding past the end; an empty
     product is 1). So a termination inside the episode stops the bootstrap through the
     mask (``E`` of the next, masked, step is 0), a termination at the last slot through
-    ``E[T] = 0``, and a time-limit end bootstraps on ``E[T]``. Masked steps get
+    ``E[T] = 0``, and an episode with no step flagged terminated (a time-limit end the
+    caller chose to bootstrap) bootstraps on ``E[T]``. Masked steps get
     ``y = 0``.
 
     Here ``c[t] = prod_i pi_i(a_i,t | tau_i,t)`` under the CURRENT (epsilon-floored,

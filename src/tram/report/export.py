@@ -19,7 +19,13 @@ Schema (marl-eval README, "Data Structure for Raw Experiment data")::
   store keeps means, not per-episode values; marl-eval accepts one-element lists).
 - Metrics: ``test_return`` always; ``win_rate`` on SMAX, ``success_rate`` on grid tasks, each
   only where finite for every evaluation of the run (JSON has no NaN).
-- ``absolute_metrics`` holds the final values of :meth:`Run.final`.
+- ``absolute_metrics`` holds the final values of :meth:`Run.final`, and, for attacked runs,
+  the two stealth averages of Eq. 3 (``stealth_loglik``: every step of the poisoned agent;
+  ``stealth_loglik_alive``: its steps with two or more available actions), each the seed's
+  mean over its evaluation windows (the number the stealth tables average over seeds). They
+  appear in ``absolute_metrics`` only: the step-0 evaluation has no stealth value, and
+  marl-eval expects every step to carry the same metrics. A metric without a finite value
+  (e.g. ``stealth_loglik`` of a run recorded before tram reported it) is left out.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 from tram.report.collect import Store
 
 _EXPORTED = (("test_return", "test_return"), ("test_win_rate", "win_rate"), ("test_success", "success_rate"))
+_STEALTH = ("stealth_loglik", "stealth_loglik_alive")
 
 
 def marl_eval_data(store: Store) -> dict[str, Any]:
@@ -59,6 +66,10 @@ def marl_eval_data(store: Store) -> dict[str, Any]:
                 value = run.final(seed, col)
                 if math.isfinite(value):
                     absolute[out] = [value]
+            for col in _STEALTH:
+                values = rows[col][np.isfinite(rows[col])] if col in rows else np.zeros(0)
+                if values.size:
+                    absolute[col] = [float(values.mean())]
             entry["absolute_metrics"] = absolute
             algo[f"run_{seed}"] = entry
     return data

@@ -4,6 +4,13 @@ final-performance table with bootstrap CIs, each as Markdown, CSV and LaTeX.
 Stealth cell value: for each seed, the mean of ``stealth_loglik`` over all evaluation windows
 of the run (NaN windows, e.g. the step-0 evaluation, ignored); then the mean over seeds. The
 paper reports one number per map, method and budget, which this matches.
+
+The paper does not say over which steps Eq. 3 is averaged, so every stealth table shows both
+averages (:func:`tram.attacks.budget.stealth_averages`): the cell reads ``every (alive)``,
+``every`` being ``stealth_loglik`` (all steps of the poisoned agent; a step with one
+available action counts with its exact value 0) and ``alive`` being ``stealth_loglik_alive``
+(steps with two or more available actions only). The CSV has one column for each. Runs
+written before both existed have only the alive average; their ``every`` cell is ``-``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from tram.report.collect import (
 from tram.report.stats import bootstrap_ci
 
 STEALTH_METRIC = "stealth_loglik"
+"""Eq. 3 averaged over every step of the poisoned agent (the first number of a cell)."""
+STEALTH_ALIVE_METRIC = "stealth_loglik_alive"
+"""Eq. 3 averaged over the steps with two or more available actions (in parentheses)."""
 
 
 @dataclass
@@ -88,14 +98,22 @@ def write_table(table: Table, out_dir: Path) -> list[Path]:
     ]
 
 
-def stealth_value(store: Store, env: str, learner: str, method: str, f_a: float, kl_u: float) -> float | None:
-    """Mean over seeds of the per-seed mean ``stealth_loglik`` over evaluation windows;
-    ``None`` when the run is missing or has no finite value."""
+def stealth_value(store: Store, env: str, learner: str, method: str, f_a: float, kl_u: float,
+                  metric: str = STEALTH_METRIC) -> float | None:
+    """Mean over seeds of the per-seed mean of ``metric`` (:data:`STEALTH_METRIC` or
+    :data:`STEALTH_ALIVE_METRIC`) over evaluation windows; ``None`` when the run is missing
+    or has no finite value."""
+    if metric not in (STEALTH_METRIC, STEALTH_ALIVE_METRIC):
+        raise ValueError(f"stealth metric must be {STEALTH_METRIC} or {STEALTH_ALIVE_METRIC}; got {metric!r}")
     run = store.get(env, learner, method, f_a, kl_u)
     if run is None:
         return None
-    per_seed = finite_seed_means(run, STEALTH_METRIC)
+    per_seed = finite_seed_means(run, metric)
     return float(per_seed.mean()) if per_seed.size else None
+
+
+def _stealth_cell(every: float | None, alive: float | None) -> str:
+    return f"{_display(every)} ({_display(alive)})"
 
 
 def stealth_table(
@@ -111,8 +129,12 @@ def stealth_table(
     (``vary="f_a"`` at ``kl_u``) or Table 3 (``vary="kl_u"`` at ``f_a``); rows are the
     attacked methods (var, J, random) as in the paper.
 
-    A map is included only when every method has a run with a stealth value at every
-    column value; maps with gaps are left out and listed. ``values=None`` uses the values
+    Each cell holds both averages of Eq. 3 (see the module docstring): the CSV has a column
+    ``<map>`` (``stealth_loglik``, every step) and a column ``<map> alive``
+    (``stealth_loglik_alive``); Markdown and LaTeX show ``every (alive)`` in one cell.
+
+    A map is included only when every method has a run with a stealth value (either
+    average) at every column value; maps with gaps are left out and listed. ``values=None`` uses the values
     found in the store for each map (a map qualifies when at least two are found); otherwise
     exactly ``values``.
 
@@ -154,10 +176,11 @@ def stealth_table(
         missing, cells = [], []
         for method in ATTACK_METHODS:
             for fa, kl in cols:
-                v = stealth_value(store, env, learner, method, fa, kl)
-                if v is None:
+                every = stealth_value(store, env, learner, method, fa, kl, STEALTH_METRIC)
+                alive = stealth_value(store, env, learner, method, fa, kl, STEALTH_ALIVE_METRIC)
+                if every is None and alive is None:
                     missing.append(f"{method} f_A={fmt_num(fa)} KL_U={fmt_num(kl)}")
-                cells.append(v)
+                cells.append((every, alive))
         if missing:
             messages.append(f"{name} ({learner}): map {env} left out, missing {'; '.join(missing)}")
         else:
@@ -165,25 +188,41 @@ def stealth_table(
     if not complete:
         messages.insert(0, f"{name} ({learner}) skipped: no map has every run it needs ({what})")
         return None, messages
-    headers = ["method"]
+    headers, display_headers = ["method"], ["method"]
     for env in complete:
         for fa, kl in cols_by_env[env]:
             value = fa if vary == "f_a" else kl
-            headers.append(env if vary is None else f"{env} {symbol[vary]}={fmt_num(value)}")
-    rows = []
+            label = env if vary is None else f"{env} {symbol[vary]}={fmt_num(value)}"
+            headers += [label, f"{label} alive"]
+            display_headers.append(label)
+    rows, display_rows = [], []
+    legacy = False
     for m_i, method in enumerate(ATTACK_METHODS):
         row: list = [method_label(method)]
+        shown = [method_label(method)]
         for env, cells in complete.items():
             n = len(cols_by_env[env])
-            row += cells[m_i * n:(m_i + 1) * n]
+            for every, alive in cells[m_i * n:(m_i + 1) * n]:
+                row += [every, alive]
+                shown.append(_stealth_cell(every, alive))
+                legacy |= every is None
         rows.append(row)
+        display_rows.append(shown)
     caption = (
         f"Table {number}: stealth log likelihood of being attacked (Eq. 3), {learner.upper()}, {what}. "
+        "Each cell: the average over every step of the poisoned agent (stealth_loglik; a step with "
+        "one available action, e.g. a dead unit's, counts with its exact value 0), and in parentheses "
+        "the average over its steps with two or more available actions only (stealth_loglik_alive). "
         "Mean over seeds of each seed's mean over all evaluation windows; smaller means a more "
         "salient attack."
     )
+    notes = list(messages)
+    if legacy:
+        notes.append("A '-' before the parentheses: the run was recorded before tram reported "
+                     "stealth_loglik over every step, and has only the alive average.")
     stem = f"table{number}_stealth_{learner}"
-    return Table(stem=stem, caption=caption, headers=headers, rows=rows, notes=list(messages)), messages
+    return Table(stem=stem, caption=caption, headers=headers, rows=rows, display_headers=display_headers,
+                 display_rows=display_rows, notes=notes), messages
 
 
 def final_table(store: Store, n_boot: int = 2000, ci: float = 0.95) -> Table:
