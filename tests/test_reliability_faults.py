@@ -119,9 +119,9 @@ def reference(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory) -> Path:
     """A run killed with SIGKILL after its third evaluation, once it had a checkpoint
-    (``--checkpoint-every 0``: one after every evaluation). Tests copy it."""
+    (``--checkpoint-every 1e-9``: one after every evaluation). Tests copy it."""
     out = tmp_path_factory.mktemp("killed")
-    proc = subprocess.Popen(tram_cmd(out, "--checkpoint-every", "0"), env=ENV,
+    proc = subprocess.Popen(tram_cmd(out, "--checkpoint-every", "1e-9"), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def ready():
@@ -284,7 +284,7 @@ def test_write_error_names_the_file_and_keeps_the_checkpoint(killed, reference, 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
 
-    res = run_tram(run_dir.parent, "--checkpoint-every", "0", preexec_fn=limit)
+    res = run_tram(run_dir.parent, "--checkpoint-every", "1e-9", preexec_fn=limit)
     assert res.returncode == 1, res.stdout + res.stderr
     assert_one_line_error(res, "cannot write", str(run_dir / "checkpoint" / "state-"), "EFBIG")
     assert len([ln for ln in res.stderr.splitlines() if "cannot write" in ln]) == 1
