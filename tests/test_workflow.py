@@ -42,7 +42,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(TINY))
     killed = tmp_path / "killed"
-    cmd = _tram("sweep", str(sweep_file), "--out", str(killed), "--checkpoint-every", "0")
+    cmd = _tram("sweep", str(sweep_file), "--out", str(killed), "--checkpoint-every", "1e-9")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill once the first cell has finished and the second has written a checkpoint.
     deadline = time.time() + 600
