@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from tram.experiments.store import (
-    MetricsWriter,
+    METRIC_COLUMNS,
     run_name,
+    write_csv_atomic,
     write_json_atomic,
     write_npz_atomic,
 )
@@ -96,6 +97,11 @@ def metric_rows(config: dict, n_evals: int | None = None) -> list[dict]:
     return rows
 
 
+def write_metric_rows(path: Path, rows: list[dict]) -> Path:
+    """Writes ``metrics.csv`` with one line per row (columns a row lacks are NaN)."""
+    return write_csv_atomic(path, METRIC_COLUMNS, [[r.get(c, math.nan) for c in METRIC_COLUMNS] for r in rows])
+
+
 def final_metric(env: str) -> str:
     return "test_win_rate" if env in SMAX_ENVS else "test_return"
 
@@ -117,7 +123,7 @@ def make_fake_run(
     config = fake_config(env, method, f_a, kl_u, learner, seeds)
     run_dir = Path(root) / run_name(config)
     write_json_atomic(run_dir / "config.json", config)
-    MetricsWriter(run_dir / "metrics.csv").append(metric_rows(config, n_evals))
+    write_metric_rows(run_dir / "metrics.csv", metric_rows(config, n_evals))
     if method != "none" and samples:
         k, a = 12, 6
         rng = np.random.default_rng(len(env) * 7 + len(method))

@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakeruns import fake_config, make_fake_run
+from fakeruns import fake_config, make_fake_run, write_metric_rows
 from tram.experiments import store
 from tram.experiments.store import (
     METRIC_COLUMNS,
     CorruptRunError,
-    MetricsWriter,
     find_runs,
     load_checkpoint,
     load_run,
@@ -164,7 +163,7 @@ def test_run_status_transitions(tmp_path):
     assert run_status(run_dir) == "missing"
     write_json_atomic(run_dir / "config.json", cfg)
     assert run_status(run_dir) == "partial"
-    MetricsWriter(run_dir / "metrics.csv").append([{"seed": 0, "env_steps": 0, "test_return": 1.0}])
+    write_metric_rows(run_dir / "metrics.csv", [{"seed": 0, "env_steps": 0, "test_return": 1.0}])
     assert run_status(run_dir) == "partial"
     write_json_atomic(run_dir / "summary.json", {"status": "running"})
     assert run_status(run_dir) == "partial"
@@ -214,41 +213,30 @@ def _rows(n_seeds=2, n_evals=3):
             for s in range(n_seeds) for i in range(n_evals)]
 
 
-def test_metrics_writer_roundtrip_resume_and_truncate(tmp_path):
+def test_metrics_roundtrip_is_exact_and_sorted(tmp_path):
     path = tmp_path / "metrics.csv"
-    w = MetricsWriter(path)
-    w.append(_rows()[:3])
-    w.append_columns({"seed": np.array([1, 1, 1]), "env_steps": np.array([0, 10, 20]),
-                      "test_return": np.array([1.0, 1.1, 1.2]), "stealth_loglik": np.full(3, -1.0 / 3)})
+    rows = _rows()
+    write_metric_rows(path, rows[3:] + rows[:3])  # seed 1 first: read back sorted by (seed, env_steps)
     cols = read_metrics(path)
     assert cols["seed"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert cols["env_steps"].tolist() == [0, 10, 20, 0, 10, 20]
     assert cols["stealth_loglik"][0] == -1.0 / 3  # bit-exact round trip
     assert math.isnan(cols["kl_max"][0])
     assert stale_temp_files(tmp_path) == []
-    resumed = MetricsWriter(path)
-    assert len(resumed) == 6
-    with pytest.raises(ValueError, match="already written"):
-        resumed.append([{"seed": 0, "env_steps": 10}])
-    with pytest.raises(ValueError, match="unknown metric columns"):
-        resumed.append([{"seed": 0, "env_steps": 30, "bogus": 1.0}])
-    assert resumed.truncate_after(10) == 2
-    assert read_metrics(path)["env_steps"].tolist() == [0, 10, 0, 10]
-    resumed.append([{"seed": 0, "env_steps": 20}])
-    assert len(read_metrics(path)["seed"]) == 5
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=1, max_size=8))
 def test_metrics_float_roundtrip_is_exact(tmp_path_factory, values):
     path = tmp_path_factory.mktemp("m") / "metrics.csv"
-    MetricsWriter(path).append({"seed": 0, "env_steps": i, "kl_mean": v} for i, v in enumerate(values))
+    write_metric_rows(path, [{"seed": 0, "env_steps": i, "kl_mean": v} for i, v in enumerate(values)])
     back = read_metrics(path)["kl_mean"]
     np.testing.assert_array_equal(back, np.asarray(values))
 
 
 def _write_good_metrics(tmp_path):
     path = tmp_path / "metrics.csv"
-    MetricsWriter(path).append(_rows())
+    write_metric_rows(path, _rows())
     return path
 
 
@@ -374,9 +362,138 @@ def test_load_run_checks_seeds_share_evaluation_steps(tmp_path):
     cfg = fake_config(seeds=(0, 1))
     run_dir = tmp_path / run_name(cfg)
     write_json_atomic(run_dir / "config.json", cfg)
-    writer = MetricsWriter(run_dir / "metrics.csv")
-    writer.append([{"seed": 0, "env_steps": t} for t in (0, 10, 20)] + [{"seed": 1, "env_steps": 0}])
+    rows = [{"seed": 0, "env_steps": t} for t in (0, 10, 20)] + [{"seed": 1, "env_steps": 0}]
+    write_metric_rows(run_dir / "metrics.csv", rows)
     assert load_run(run_dir).seeds == [0, 1]  # ragged but aligned: a partial run
-    writer.append([{"seed": 1, "env_steps": 15}])
+    write_metric_rows(run_dir / "metrics.csv", rows + [{"seed": 1, "env_steps": 15}])
     with pytest.raises(CorruptRunError, match="seed 1 is evaluated at env_steps"):
         load_run(run_dir)
+
+
+# ---------------------------------------------------------------------------- integrity
+
+
+def _no_nan(name):
+    raise ValueError(f"non-JSON constant {name}")
+
+
+def test_json_files_write_null_for_nan_and_readers_accept_both(tmp_path):
+    path = write_json_atomic(tmp_path / "summary.json", {"status": "done", "final": {
+        "0": {"test_return": 1.5, "test_win_rate": float("nan"), "kl": np.float32("nan"), "x": float("inf")}}})
+    data = json.loads(path.read_text(), parse_constant=_no_nan)  # strict JSON: jq and browsers accept it
+    assert data["final"]["0"] == {"test_return": 1.5, "test_win_rate": None, "kl": None, "x": None}
+    # Run.final reads null (and the NaN older tram wrote) as "missing": the last metrics row
+    run_dir = make_fake_run(tmp_path, "3m", "var", seeds=(0,))
+    last = load_run(run_dir).seed_rows(0)["test_win_rate"][-1]
+    for text in ('{"status": "done", "final": {"0": {"test_win_rate": null}}}',
+                 '{"status": "done", "final": {"0": {"test_win_rate": NaN}}}'):
+        (run_dir / "summary.json").write_text(text)
+        assert run_status(run_dir) == "done"
+        assert load_run(run_dir).final(0, "test_win_rate") == last
+
+
+def test_edited_config_is_refused_naming_the_file(tmp_path):
+    run_dir = make_fake_run(tmp_path, "3m", "var")
+    path = run_dir / "config.json"
+    cfg = json.loads(path.read_text())
+    store.verify_config(run_dir, cfg)  # unedited: fine, and the versions do not count
+    store.verify_config(run_dir, {**cfg, "versions": {"tram": "9"}})
+    edited = copy.deepcopy(cfg)
+    edited["attack"]["method"] = "none"
+    write_json_atomic(path, edited)
+    for check in (lambda: load_run(run_dir), lambda: store.verify_config(run_dir)):
+        with pytest.raises(CorruptRunError, match=r"config.json: edited after the run was written.*directory name"):
+            check()
+    # the stored hash catches an edit even when the directory was renamed
+    cfg[store.HASH_KEY] = store.config_hash(cfg)
+    renamed = tmp_path / "my-run"
+    run_dir.rename(renamed)
+    write_json_atomic(renamed / "config.json", cfg)
+    assert load_run(renamed).method == "var"
+    write_json_atomic(renamed / "config.json", {**edited, store.HASH_KEY: cfg[store.HASH_KEY]})
+    with pytest.raises(CorruptRunError, match=r"my-run/config.json: edited .*stored in it"):
+        load_run(renamed)
+    # resuming with another config than the file's is refused too
+    write_json_atomic(renamed / "config.json", cfg)
+    with pytest.raises(CorruptRunError, match="holds another config"):
+        store.verify_config(renamed, edited)
+
+
+def test_clear_run_removes_the_finished_marker_first(tmp_path, monkeypatch):
+    run_dir = make_fake_run(tmp_path, "3m", "var")
+    save_checkpoint(run_dir, 2, {"x": np.ones(2)})
+    removed = []
+    real_unlink = type(run_dir).unlink
+
+    def unlink(self, *a, **k):
+        removed.append(self.name)
+        return real_unlink(self, *a, **k)
+
+    monkeypatch.setattr(type(run_dir), "unlink", unlink)
+    store.clear_run(run_dir)
+    assert removed[0] == "summary.json"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+    assert run_status(run_dir) == "partial"
+
+
+HOLD = """
+import sys
+from tram.experiments.store import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_run_lock_names_the_holder_and_waits(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(store.RunLockedError, match=rf"process {holder.pid} .*--wait"):
+            with store.RunLock(run_dir):
+                pass
+        messages = []
+        threading.Timer(0.5, holder.stdin.close).start()  # the holder finishes in 0.5 s
+        with store.RunLock(run_dir, wait=True, log=messages.append):
+            assert (run_dir / store.LOCK_FILE).read_text().strip() == str(os.getpid())
+        assert messages and f"waiting for process {holder.pid}" in messages[0]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+    with store.RunLock(run_dir):  # released on exit, and a stale lock file blocks no one
+        pass
+
+
+def test_write_error_names_the_file_and_keeps_the_old_content(tmp_path):
+    """A write that fails (here EFBIG under RLIMIT_FSIZE, as a full disk gives ENOSPC) raises
+    RunWriteError naming the file; the old file and no temporary file remain."""
+    import subprocess
+    import sys
+
+    write_npz_atomic(tmp_path / "state.npz", x=np.zeros(10))
+    before = (tmp_path / "state.npz").read_bytes()
+    code = (
+        "import resource, sys, numpy as np\n"
+        "from tram.experiments import store\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "try:\n"
+        "    store.write_npz_atomic(sys.argv[1], x=np.zeros(100_000))\n"
+        "except store.RunWriteError as e:\n"
+        "    print(e.errno, e.path, '|', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state.npz")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import errno
+
+    assert out.stdout.startswith(f"{errno.EFBIG} {tmp_path / 'state.npz'} | cannot write "), out.stdout
+    assert "(EFBIG)" in out.stdout and "last good checkpoint is kept" in out.stdout
+    assert (tmp_path / "state.npz").read_bytes() == before
+    assert stale_temp_files(tmp_path) == []

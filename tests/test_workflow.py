@@ -42,7 +42,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(TINY))
     killed = tmp_path / "killed"
-    cmd = _tram("sweep", str(sweep_file), "--out", str(killed), "--checkpoint-every", "0")
+    cmd = _tram("sweep", str(sweep_file), "--out", str(killed), "--checkpoint-every", "1e-9")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill once the first cell has finished and the second has written a checkpoint.
     deadline = time.time() + 600
@@ -197,3 +197,17 @@ def test_compile_cache_follows_the_environment_variable(monkeypatch, tmp_path):
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
         jax.config.update("jax_compilation_cache_max_size", old_max)
+
+
+@pytest.mark.parametrize("steps,interval,targets", [
+    (2000, 100_000, (0, 2000)),          # once rounded up to 100,000 steps
+    (1, 10_000, (0, 1)),                 # once 10,000
+    (2500, 1000, (0, 1000, 2000, 2500)),  # a shorter last window
+    (3000, 1000, (0, 1000, 2000, 3000)),
+])
+def test_evaluation_points_end_at_steps(steps, interval, targets):
+    from tram.config import EnvConfig, RunConfig, TrainConfig
+    from tram.experiments.program import make_train
+
+    cfg = TrainConfig(env=EnvConfig("gather"), run=RunConfig(steps=steps, seeds=(0,), eval_interval=interval))
+    assert make_train(cfg).window_targets == targets

@@ -37,6 +37,21 @@ ERROR_MESSAGES: dict[type[BaseException], Callable[[BaseException], str]] = {}
 _debug = {"on": os.environ.get("TRAM_DEBUG", "") not in ("", "0")}
 
 
+def _register_run_store_errors() -> None:
+    """Run-store faults as one line and an exit code: 2 for a damaged or edited run file, 1
+    when another process holds the run's lock or a write failed (the file is named; the
+    last good checkpoint is kept), 130 for Ctrl-C (the message says where training stopped
+    and that a rerun resumes)."""
+    from tram.experiments import store
+
+    ERROR_EXIT_CODES.update({store.CorruptRunError: 2, store.RunLockedError: 1, store.RunWriteError: 1,
+                             KeyboardInterrupt: 130})
+    ERROR_MESSAGES[KeyboardInterrupt] = lambda e: str(e) or "interrupted; rerun the same command to resume"
+
+
+_register_run_store_errors()
+
+
 def _registered(e: BaseException) -> type[BaseException] | None:
     for klass in type(e).__mro__:
         if klass in ERROR_EXIT_CODES:
@@ -227,6 +242,8 @@ def train(
     restart: bool = typer.Option(False, help="Ignore a checkpoint and train from scratch."),
     no_progress: bool = typer.Option(False, help="No progress bar."),
     checkpoint_every: str = typer.Option("600", help="Seconds between checkpoints (resume point if killed)."),
+    wait: bool = typer.Option(False, help="If another process is training this run, wait for it "
+                              "(default: say which process and exit 1)."),
 ):
     """Train a learner (optionally under a TRAM attack) on all seeds at once; writes a run directory."""
     from tram.config import parse_seconds
@@ -237,7 +254,7 @@ def train(
     check_out_dir(out)
     from tram.experiments.runner import train as run_train
 
-    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=every)
+    run_dir = run_train(cfg, out, progress=not no_progress, restart=restart, checkpoint_every_s=every, wait=wait)
     typer.echo(str(run_dir))
 
 

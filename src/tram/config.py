@@ -135,7 +135,8 @@ class RunConfig:
     """How long to train, on which seeds, and how often to evaluate."""
 
     steps: int = 2_000_000
-    """Environment steps per seed (training stops at the first evaluation at or past it)."""
+    """Environment steps per seed; the last evaluation is at this step (the last window is
+    shorter when ``eval_interval`` does not divide it)."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     """Seeds, run together in one vmapped program."""
     eval_interval: int = 10_000

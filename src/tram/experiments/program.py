@@ -281,7 +281,9 @@ def make_train(config) -> TrainProgram:
                                                                metrics.fallback_frac, nan))
         return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
 
-    targets = tuple(i * config.run.eval_interval for i in range(config.run.num_windows))
+    # Evaluate at 0, eval_interval, 2 eval_interval, ... and last at exactly `steps` (a shorter
+    # last window when eval_interval does not divide it): never train past what was asked.
+    targets = tuple(min(i * config.run.eval_interval, config.run.steps) for i in range(config.run.num_windows))
 
     def train(key: jax.Array) -> tuple[TrainState, WindowMetrics]:
         state = init(key)

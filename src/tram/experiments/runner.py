@@ -92,7 +92,8 @@ def check_memory(config: TrainConfig, program: TrainProgram, log=print) -> int:
 def _rows(config: TrainConfig, program: TrainProgram, metrics, eval_step: int) -> list[list[float]]:
     """Turns one window's vmapped metrics into ``metrics.csv`` rows (one per seed).
 
-    ``env_steps`` is the evaluation point ``eval_step`` (a multiple of ``eval_interval``):
+    ``env_steps`` is the evaluation point ``eval_step`` (a multiple of ``eval_interval``,
+    or ``steps`` for the last one):
     each seed evaluates as soon as it has taken that many steps, which it overshoots by less
     than one iteration's episodes, a different amount per seed when episode lengths vary. The
     nominal point aligns the seeds for curves and CIs; the actual counts are in
@@ -158,40 +159,109 @@ def _load_branch(config: TrainConfig, out: Path, treedef, num_leaves: int, log):
         log(f"{parent_dir / store.BRANCH_POINT_DIR} is for step {meta.get('branch_at')}, not "
             f"{config.attack.attack_start}; training from scratch")
         return None
-    return (start_window, _load_state(treedef, arrays, num_leaves), [list(r) for r in meta["rows"]],
+    return (start_window, _load_state(treedef, arrays, num_leaves), _meta_rows(meta["rows"]),
             {"run": parent_dir.name, "evaluations_inherited": start_window})
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`train` between or during evaluation windows. The state
+    after the last completed window has been checkpointed; the message says where training
+    stopped and how to resume (``interrupted at window k of n; rerun the same command to
+    resume``). A ``KeyboardInterrupt``, so scripts that catch that still do."""
 
 
 def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = True,
           checkpoint_every_s: float = 600.0, restart: bool = False, log=print,
-          keep_branch_point: int | None = None) -> Path:
+          keep_branch_point: int | None = None, wait: bool = False) -> Path:
     """Trains ``config`` (all seeds at once) and writes its run directory under ``out``.
 
     A finished run is never redone; a partial one resumes from its checkpoint (or from the
     start when it has none). A run whose attack starts at step ``S > 0`` starts from its
     clean parent's branch point when that exists (module docstring).
 
+    While training, the process holds the run's lock (:class:`store.RunLock`): a second
+    process on the same run raises :class:`store.RunLockedError` naming the holder's PID,
+    or waits for it with ``wait=True`` (and then finds the run finished, or resumes it).
+
     Args:
+        restart: train from scratch; the finished marker ``summary.json`` is removed before
+            anything else (:func:`store.clear_run`), then the checkpoint, the branch point,
+            ``metrics.csv`` and ``attack_samples.npz``.
         keep_branch_point: env step ``S``; keep the state at the last evaluation before ``S``
             in ``branch-point/`` so that runs attacked from ``S`` on can branch from it.
+        wait: wait for another process training this run instead of failing.
 
     Returns:
         The run directory.
+
+    Raises:
+        store.RunLockedError: another process trains this run (and ``wait`` is false).
+        store.CorruptRunError: ``config.json`` was edited, or a checkpoint or run file is
+            damaged; the message names the file.
+        store.RunWriteError: a write failed (full disk, file-size limit); the message names
+            the file; the last good checkpoint is kept.
+        RunInterrupted: Ctrl-C; the last completed window is checkpointed.
     """
     enable_compile_cache()
     program = make_train(config)
     cfg_dict = config.to_dict()
     run_dir = Path(out) / store.run_name(cfg_dict)
+    with store.RunLock(run_dir, wait=wait, log=log):
+        return _train_locked(config, program, cfg_dict, run_dir, Path(out), progress=progress,
+                             checkpoint_every_s=checkpoint_every_s, restart=restart, log=log,
+                             keep_branch_point=keep_branch_point)
+
+
+def _meta_rows(rows) -> list[list]:
+    """Checkpointed ``metrics.csv`` rows with JSON ``null`` read back as NaN."""
+    return [[math.nan if v is None else v for v in r] for r in rows]
+
+
+def _kept_samples(run_dir: Path, meta: dict, state, seeds) -> dict[str, list[np.ndarray]]:
+    """The ``attack_samples.npz`` records that the checkpoint ``meta`` covers (records of
+    windows trained after it, written before the process died, are dropped, so that the
+    resumed run writes them once). Checkpoints without ``num_samples`` (older tram) keep the
+    records at env steps the checkpointed state had reached, per seed."""
+    if not (run_dir / store.SAMPLES_FILE).exists():
+        if meta.get("num_samples"):
+            raise store.CorruptRunError(
+                f"{run_dir / store.SAMPLES_FILE}: missing, but the checkpoint holds "
+                f"{meta['num_samples']} records of it; pass --restart to retrain this run")
+        return {k: [] for k in store.SAMPLE_ARRAYS}
+    prev = store.load_run(run_dir).attack_samples
+    n = meta.get("num_samples")
+    if n is not None:
+        if len(prev["seed"]) < n:
+            raise store.CorruptRunError(
+                f"{run_dir / store.SAMPLES_FILE}: {len(prev['seed'])} records, but the checkpoint "
+                f"was written after {n}; pass --restart to retrain this run")
+        keep = np.arange(len(prev["seed"])) < n
+    else:
+        reached = dict(zip((int(s) for s in seeds), np.asarray(state.env_steps).tolist()))
+        keep = np.asarray([e <= reached.get(int(s), -1) for s, e in zip(prev["seed"], prev["env_steps"])], bool)
+    return {k: [np.asarray(v)[keep]] for k, v in prev.items()}
+
+
+def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, run_dir: Path, out: Path, *,
+                  progress: bool, checkpoint_every_s: float, restart: bool, log,
+                  keep_branch_point: int | None) -> Path:
+    """:func:`train` once the run's lock is held."""
+    for tmp in store.stale_temp_files(run_dir):  # left by a killed writer; no writer runs now
+        tmp.unlink(missing_ok=True)
+    if restart:
+        store.clear_run(run_dir)  # the finished marker first: a killed restart is never "finished"
+    elif (run_dir / store.CONFIG_FILE).exists():
+        store.verify_config(run_dir, cfg_dict)
     status = store.run_status(run_dir)
-    if status == "done" and not restart:
+    if status == "done":
         log(f"{run_dir}: already finished, not redone")
         return run_dir
     if program.attacked_agent is not None:
         log(f"attack: {config.attack.method} on agent {program.attacked_agent} "
             f"({program.env.spec.agent_unit_types[program.attacked_agent]}), requested {config.attack.agent!r}")
     check_memory(config, program, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(run_dir / "config.json", {**cfg_dict, "versions": versions()})
+    store.write_json_atomic(run_dir / store.CONFIG_FILE,
+                            {**cfg_dict, store.HASH_KEY: store.config_hash(cfg_dict), "versions": versions()})
 
     init = jax.jit(jax.vmap(program.init))
     run_window = jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))
@@ -202,7 +272,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
     ckpt = None if restart else store.load_checkpoint(run_dir)
     leaves, treedef = jax.tree.flatten(template)
-    branch = None if (restart or ckpt is not None) else _load_branch(config, Path(out), treedef, len(leaves), log)
+    branch = None if (restart or ckpt is not None) else _load_branch(config, out, treedef, len(leaves), log)
     if branch is not None:
         start_window, state, rows, branched_from = branch
         log(f"{run_dir}: branching from {branched_from['run']} at evaluation {start_window} of "
@@ -214,62 +284,79 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
             raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
         state = _load_state(treedef, arrays, len(leaves))
-        rows = [list(r) for r in meta["rows"]]
-        prev = store.load_run(run_dir).attack_samples if (run_dir / "attack_samples.npz").exists() else None
-        if prev:
-            samples = {k: [np.asarray(v)] for k, v in prev.items()}
+        rows = _meta_rows(meta["rows"])
+        samples = _kept_samples(run_dir, meta, state, config.run.seeds)
         log(f"{run_dir}: resuming at evaluation {start_window} of {len(program.window_targets)}")
     else:
         if status == "partial":
             log(f"{run_dir}: partial run without a checkpoint, restarting it from scratch")
         state = init(keys)
 
-    if restart:
-        store.remove_checkpoint(run_dir, name=store.BRANCH_POINT_DIR)
     branch_window = None
     if keep_branch_point is not None:
         branch_window = _branch_window(config, program, int(keep_branch_point))
         if branch_window is None or (run_dir / store.BRANCH_POINT_DIR).exists():
             branch_window = None  # too early for any evaluation, or already kept
+    n_windows = len(program.window_targets)
     t0 = time.perf_counter()
     steps_at_start = int(np.min(np.asarray(state.env_steps))) if start_window else 0
     last_ckpt = time.perf_counter()
-    bar = _progress(progress, len(program.window_targets), start_window, config)
+
+    def num_samples() -> int:
+        return int(sum(len(v) for v in samples["seed"]))
+
+    # What is on disk and consistent: (next window, its state, rows written, sample records written).
+    committed = (start_window, state, len(rows), num_samples())
+    saved_window = start_window if ckpt is not None else None
+    bar = _progress(progress, n_windows, start_window, config)
     compile_s = None
-    for w in range(start_window, len(program.window_targets)):
-        tw = time.perf_counter()
-        state, metrics = run_window(state, jnp.int32(program.window_targets[w]))
-        jax.block_until_ready(metrics)
-        if compile_s is None:
-            compile_s = time.perf_counter() - tw
-        new_rows = _rows(config, program, metrics, program.window_targets[w])
-        rows.extend(new_rows)
-        store.write_csv_atomic(run_dir / "metrics.csv", METRIC_COLUMNS, rows)
-        if program.attacked_agent is not None:
-            for k, v in _samples(config, metrics).items():
-                samples[k].append(v)
-            store.write_npz_atomic(run_dir / "attack_samples.npz",
-                                   **{k: np.concatenate(v) for k, v in samples.items()})
-        elapsed = time.perf_counter() - t0
-        steps = int(np.min(np.asarray(metrics.env_steps)))
-        sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)
+    try:
+        for w in range(start_window, n_windows):
+            tw = time.perf_counter()
+            state, metrics = run_window(state, jnp.int32(program.window_targets[w]))
+            jax.block_until_ready(metrics)
+            if compile_s is None:
+                compile_s = time.perf_counter() - tw
+            new_rows = _rows(config, program, metrics, program.window_targets[w])
+            rows.extend(new_rows)
+            store.write_csv_atomic(run_dir / store.METRICS_FILE, METRIC_COLUMNS, rows)
+            if program.attacked_agent is not None:
+                for k, v in _samples(config, metrics).items():
+                    samples[k].append(v)
+                store.write_npz_atomic(run_dir / store.SAMPLES_FILE,
+                                       **{k: np.concatenate(v) for k, v in samples.items()})
+            committed = (w + 1, state, len(rows), num_samples())
+            elapsed = time.perf_counter() - t0
+            steps = int(np.min(np.asarray(metrics.env_steps)))
+            sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)
+            if bar is not None:
+                bar.update(w, steps, sps, new_rows, program.env.spec.family)
+            if w == branch_window:
+                if int(np.max(np.asarray(state.env_steps))) < keep_branch_point:
+                    _save(run_dir, w + 1, state, rows, name=store.BRANCH_POINT_DIR, branch_at=int(keep_branch_point))
+                    log(f"{run_dir}: kept the branch point for step {keep_branch_point:,} (evaluation {w + 1})")
+            if time.perf_counter() - last_ckpt >= checkpoint_every_s and w + 1 < n_windows:
+                _save(run_dir, w + 1, state, rows, branched_from=branched_from, num_samples=num_samples())
+                saved_window = w + 1
+                last_ckpt = time.perf_counter()
+    except KeyboardInterrupt:
         if bar is not None:
-            bar.update(w, steps, sps, new_rows, program.env.spec.family)
-        if w == branch_window:
-            if int(np.max(np.asarray(state.env_steps))) < keep_branch_point:
-                _save(run_dir, w + 1, state, rows, name=store.BRANCH_POINT_DIR, branch_at=int(keep_branch_point))
-                log(f"{run_dir}: kept the branch point for step {keep_branch_point:,} (evaluation {w + 1})")
-        if time.perf_counter() - last_ckpt >= checkpoint_every_s and w + 1 < len(program.window_targets):
-            _save(run_dir, w + 1, state, rows, branched_from=branched_from)
-            last_ckpt = time.perf_counter()
-    if bar is not None:
-        bar.close()
+            bar.close()
+            bar = None
+        next_window, done_state, n_rows, n_samples = committed
+        if next_window > 0 and next_window != saved_window:
+            _save(run_dir, next_window, done_state, rows[:n_rows], branched_from=branched_from, num_samples=n_samples)
+        raise RunInterrupted(f"interrupted at window {min(next_window + 1, n_windows)} of {n_windows}; "
+                             f"rerun the same command to resume") from None
+    finally:
+        if bar is not None:
+            bar.close()
     wall = time.perf_counter() - t0
     final = {}
     for r in rows[-len(config.run.seeds):]:
         final[str(r[0])] = dict(zip(METRIC_COLUMNS[1:], r[1:]))
     total_steps = int(np.sum(np.asarray(state.env_steps))) - steps_at_start * len(config.run.seeds)
-    store.write_json_atomic(run_dir / "summary.json", {
+    store.write_json_atomic(run_dir / store.SUMMARY_FILE, {
         "status": "done",
         "final": final,
         "steps_per_second": total_steps / max(wall, 1e-9),

@@ -11,6 +11,7 @@ A run directory holds every seed of one (environment, learner, attack config, st
         meta.json                 # {"step", "file", "sha256", "meta", ...}
         state-<step>.npz          # the arrays meta.json points at
       branch-point/               # optional, kept: the state other runs branch from (same layout)
+      .lock                       # RunLock: flock'ed by the process training the run; holds its PID
 
 Every file is written to a temporary file in the same directory, fsynced, then moved into
 place with ``os.replace`` (atomic on POSIX), so a killed process leaves either the old or the
@@ -19,13 +20,22 @@ trouble, a checkpoint whose checksum does not match) raises :class:`CorruptRunEr
 the file, instead of being used.
 
 ``summary.json`` with ``"status": "done"`` is written last and marks a finished run; a sweep
-must never redo or overwrite such a run (:func:`run_status`).
+must never redo or overwrite such a run (:func:`run_status`). ``--restart`` removes it first
+(:func:`clear_run`), so a restarted run that is killed is never taken for finished.
+
+``config.json`` carries ``config_hash`` (:func:`config_hash` of the rest), which is also the
+suffix of the directory name; :func:`verify_config` (called by :func:`load_run` and before a
+run is resumed) refuses a config edited by hand. A write that fails (full disk, file-size
+limit) raises :class:`RunWriteError` naming the file and leaves the previous content.
+JSON files hold ``null`` where a value is NaN (``NaN`` is not JSON); readers accept both.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -82,8 +92,35 @@ _TMP_PREFIX = ".tmp-"
 RunStatus = Literal["missing", "partial", "done"]
 
 
+LOCK_FILE = ".lock"
+"""The per-run lock file (:class:`RunLock`)."""
+HASH_KEY = "config_hash"
+"""Key of ``config.json`` holding :func:`config_hash` of the rest of the config."""
+
+
 class CorruptRunError(RuntimeError):
-    """A run file exists but cannot be trusted (truncated, unparsable, checksum mismatch)."""
+    """A run file exists but cannot be trusted (truncated, unparsable, checksum mismatch,
+    a ``config.json`` edited after the run was written)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run's lock (it is training that run now)."""
+
+
+class RunWriteError(OSError):
+    """Writing a run file failed (``ENOSPC``, ``EFBIG``, ...): ``path`` is the file that was
+    being replaced; its previous content, and every other file, are untouched."""
+
+    def __init__(self, path: str | os.PathLike, err: OSError):
+        super().__init__(err.errno, err.strerror or str(err))
+        self.path = Path(path)
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        code = errno.errorcode.get(self.errno or 0, "")
+        return (f"cannot write {self.path}: {self.strerror}{f' ({code})' if code else ''}; the files "
+                f"written before are intact (the last good checkpoint is kept): fix that and rerun "
+                f"the same command to resume")
 
 
 # ----------------------------------------------------------------------------------------
@@ -122,8 +159,9 @@ def canonical_json(obj: Any) -> str:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """First 8 hex digits of the sha256 of the canonical JSON of ``config`` minus ``versions``."""
-    body = {k: v for k, v in config.items() if k != "versions"}
+    """First 8 hex digits of the sha256 of the canonical JSON of ``config`` minus ``versions``
+    (and minus :data:`HASH_KEY`, the stored hash itself)."""
+    body = {k: v for k, v in config.items() if k not in ("versions", HASH_KEY)}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:8]
 
 
@@ -201,23 +239,29 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     """Write ``path`` via ``write(binary_file)`` on a same-directory temp file + fsync + rename.
 
     If ``write`` (or anything before the rename) raises, the temp file is removed and the
-    previous content of ``path``, if any, is untouched.
+    previous content of ``path``, if any, is untouched. An ``OSError`` of the file system
+    (full disk, file-size limit, permissions) is raised as :class:`RunWriteError` naming
+    ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, RunWriteError):
+            raise RunWriteError(path, e) from e
         raise
     _fsync_dir(path.parent)
     return path
@@ -234,12 +278,30 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return _write_atomic(path, lambda f: f.write(data))
 
 
+def _json_ready(obj: Any) -> Any:
+    """``obj`` with non-finite floats (NaN, inf) replaced by ``None`` and numpy values as
+    Python values, so that it is strict JSON."""
+    if isinstance(obj, Mapping):
+        return {k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_ready(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _json_ready(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented JSON (sorted keys; NaN is written as ``NaN``)."""
+    """Atomically write ``obj`` as indented strict JSON (sorted keys; NaN and infinities are
+    written as ``null``, since ``NaN`` is not JSON)."""
+    obj = _json_ready(obj)
 
     def write(f: IO[bytes]) -> None:
         text = io.TextIOWrapper(f, encoding="utf-8", newline="\n", write_through=True)
-        json.dump(obj, text, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, text, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
         text.write("\n")
         text.detach()
 
@@ -292,19 +354,13 @@ def write_npz_atomic(path: str | os.PathLike, **arrays: Any) -> Path:
 
 
 def stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Temporary files left in ``directory`` (and its ``checkpoint/``) by a killed writer."""
+    """Temporary files left in ``directory`` (and its ``checkpoint/`` and ``branch-point/``)
+    by a killed writer. Only the holder of the run's :class:`RunLock` may delete them."""
     directory = Path(directory)
     found = list(directory.glob(f"{_TMP_PREFIX}*"))
-    found += list((directory / CHECKPOINT_DIR).glob(f"{_TMP_PREFIX}*"))
+    for sub in (CHECKPOINT_DIR, BRANCH_POINT_DIR):
+        found += list((directory / sub).glob(f"{_TMP_PREFIX}*"))
     return sorted(found)
-
-
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete what :func:`stale_temp_files` finds; returns the deleted paths."""
-    removed = stale_temp_files(directory)
-    for p in removed:
-        p.unlink(missing_ok=True)
-    return removed
 
 
 # ----------------------------------------------------------------------------------------
@@ -540,92 +596,6 @@ def read_metrics(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {c: v[order] for c, v in cols.items()}
 
 
-class MetricsWriter:
-    """Appends evaluation rows to ``metrics.csv``, rewriting the whole file atomically.
-
-    The files are small (seeds x evaluations rows), so each append rewrites the file via
-    :func:`write_csv_atomic`; a kill never leaves a half-written line. Opening an existing
-    file validates and keeps its rows (resume).
-
-    Example::
-
-        writer = MetricsWriter(run_dir / "metrics.csv")
-        writer.truncate_after(checkpoint_step)     # on resume: drop rows newer than the state
-        writer.append_columns({"seed": seeds, "env_steps": [t] * S, "test_return": ret})
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        cols = read_metrics(self.path)
-        self._rows: list[tuple] = [
-            tuple(cols[c][i].item() for c in METRIC_COLUMNS) for i in range(len(cols["seed"]))
-        ]
-        self._keys = {(r[0], r[1]) for r in self._rows}
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """The rows written so far as columns (see :func:`read_metrics`)."""
-        if not self._rows:
-            return _empty_columns()
-        return {
-            c: np.asarray([r[i] for r in self._rows], np.int64 if c in INT_COLUMNS else np.float64)
-            for i, c in enumerate(METRIC_COLUMNS)
-        }
-
-    def _flush(self) -> None:
-        write_csv_atomic(self.path, METRIC_COLUMNS, self._rows)
-
-    def append(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Append rows (one mapping per seed) and rewrite the file.
-
-        Each row needs ``seed`` and ``env_steps``; other columns default to NaN; unknown keys
-        and an already written ``(seed, env_steps)`` raise ``ValueError``.
-        """
-        new = []
-        keys = set(self._keys)
-        for row in rows:
-            unknown = sorted(set(row) - set(METRIC_COLUMNS))
-            if unknown:
-                raise ValueError(f"unknown metric columns {unknown}; accepted: {', '.join(METRIC_COLUMNS)}")
-            if "seed" not in row or "env_steps" not in row:
-                raise ValueError(f"a metrics row needs 'seed' and 'env_steps', got keys {sorted(row)}")
-            values = tuple(
-                int(row[c]) if c in INT_COLUMNS else float(row.get(c, math.nan))
-                for c in METRIC_COLUMNS
-            )
-            if (values[0], values[1]) in keys:
-                raise ValueError(f"metrics for seed {values[0]} at env_steps {values[1]} already written")
-            keys.add((values[0], values[1]))
-            new.append(values)
-        if not new:
-            return
-        self._rows.extend(new)
-        self._keys = keys
-        self._flush()
-
-    def append_columns(self, columns: Mapping[str, Any]) -> None:
-        """Append rows given as columns of equal length ``[S]`` (e.g. vmapped over seeds)."""
-        arrays = {k: np.atleast_1d(np.asarray(v)) for k, v in columns.items()}
-        lengths = {k: v.shape for k, v in arrays.items()}
-        if len({s for s in lengths.values()}) > 1 or any(len(s) != 1 for s in lengths.values()):
-            raise ValueError(f"append_columns needs 1-D columns of equal length, got shapes {lengths}")
-        n = next(iter(arrays.values())).shape[0] if arrays else 0
-        self.append({k: v[i].item() for k, v in arrays.items()} for i in range(n))
-
-    def truncate_after(self, env_steps: int) -> int:
-        """Drop rows with ``env_steps`` greater than ``env_steps`` (evaluations done after
-        the checkpoint being resumed from); returns how many were dropped."""
-        keep = [r for r in self._rows if r[1] <= env_steps]
-        dropped = len(self._rows) - len(keep)
-        if dropped:
-            self._rows = keep
-            self._keys = {(r[0], r[1]) for r in keep}
-            self._flush()
-        return dropped
-
-
 # ----------------------------------------------------------------------------------------
 # Runs
 # ----------------------------------------------------------------------------------------
@@ -638,6 +608,148 @@ def _read_json(path: Path) -> Any:
         raise CorruptRunError(
             f"{path}: not valid JSON ({e}); delete the run directory or pass --restart"
         ) from None
+
+
+_NAME_HASH = re.compile(r"-([0-9a-f]{8})$")
+
+
+def verify_config(run_dir: str | os.PathLike, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Checks that ``run_dir/config.json`` is the config the run was written with.
+
+    The config's :func:`config_hash` must equal the stored :data:`HASH_KEY` (when present)
+    and the hash that ends the directory name (when the name ends in ``-<8 hex digits>``, as
+    :func:`run_name` makes it); a config edited by hand fails either check. When ``config``
+    is given (the config a process is about to resume with), the file must also equal it
+    (``versions`` and the stored hash aside).
+
+    Returns:
+        The config as read.
+
+    Raises:
+        CorruptRunError: a missing or invalid file, or a mismatch; the message names the file.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CorruptRunError(f"{path}: missing; {run_dir} is not a run directory")
+    saved = _read_json(path)
+    if not isinstance(saved, dict):
+        raise CorruptRunError(f"{path}: expected a JSON object")
+    _check_hash(run_dir, saved)
+    if config is not None and config_hash(config) != config_hash(saved):
+        raise CorruptRunError(
+            f"{path}: holds another config (hash {config_hash(saved)}) than this run's "
+            f"({config_hash(config)}); the run is not used: delete {run_dir} to retrain")
+    return saved
+
+
+def _check_hash(run_dir: Path, saved: Mapping[str, Any]) -> None:
+    """Raises :class:`CorruptRunError` when ``saved`` (``run_dir/config.json``) does not hash
+    to its stored hash or to the directory name's (see :func:`verify_config`)."""
+    path = run_dir / CONFIG_FILE
+    actual = config_hash(saved)
+    stored = saved.get(HASH_KEY)
+    named = _NAME_HASH.search(run_dir.name)
+    where = None
+    if stored is not None and stored != actual:
+        where = f"the hash {stored} stored in it"
+    elif named is not None and named.group(1) != actual:
+        where = f"the hash {named.group(1)} in the directory name"
+    if where is not None:
+        raise CorruptRunError(
+            f"{path}: edited after the run was written (its content hashes to {actual}, not "
+            f"{where}); the run is not used: restore the file, or delete {run_dir} to retrain")
+
+
+def clear_run(run_dir: str | os.PathLike) -> None:
+    """Removes what a previous training of ``run_dir`` wrote (for ``--restart``): first the
+    finished marker ``summary.json`` (one atomic unlink, then the directory is fsynced), so
+    that an interrupted restart is never taken for finished; then the checkpoint, the
+    branch point, ``attack_samples.npz`` and ``metrics.csv``. ``config.json`` is kept."""
+    run_dir = Path(run_dir)
+    summary = run_dir / SUMMARY_FILE
+    if summary.exists():
+        summary.unlink()
+        _fsync_dir(run_dir)
+    remove_checkpoint(run_dir)
+    remove_checkpoint(run_dir, name=BRANCH_POINT_DIR)
+    for name in (SAMPLES_FILE, METRICS_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    _fsync_dir(run_dir)
+
+
+class RunLock:
+    """An exclusive lock on one run directory, held while a process trains it.
+
+    ``fcntl.flock`` on ``run_dir/.lock`` (created if needed); the holder writes its PID into
+    the file. The kernel releases the lock when the holder exits or is killed, so a stale
+    lock file never blocks anyone. (``flock`` is local to one machine: two hosts sharing the
+    store over NFS are not protected from each other.)
+
+    Use as a context manager::
+
+        with RunLock(run_dir, wait=False):
+            ...  # train
+
+    Args:
+        run_dir: the run directory (created if missing).
+        wait: block until the holder is done instead of raising.
+        log: called once with a message when waiting.
+
+    Raises:
+        RunLockedError: (``wait=False``) another process holds the lock; the message names
+            its PID.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, wait: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_FILE
+        self.wait = wait
+        self.log = log
+        self._fd: int | None = None
+
+    def holder(self) -> str:
+        """The PID written by the process holding the lock (``"unknown"`` if unreadable)."""
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "unknown"
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunWriteError(self.path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = self.holder()
+            if not self.wait:
+                os.close(fd)
+                raise RunLockedError(
+                    f"{self.run_dir} is being trained by process {pid} (it holds {self.path}); "
+                    f"wait for it to finish, or pass --wait") from None
+            if self.log is not None:
+                self.log(f"{self.run_dir}: waiting for process {pid}, which is training this run")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the PID is only informative
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
 
 
 def run_status(run_dir: str | os.PathLike) -> RunStatus:
@@ -788,8 +900,9 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     Raises:
         CorruptRunError: no or invalid ``config.json`` (or one lacking env.name,
-            learner.name, attack.method, run.steps), a damaged ``metrics.csv`` (see
-            :func:`read_metrics`), invalid ``summary.json`` or ``attack_samples.npz``.
+            learner.name, attack.method, run.steps, or one edited by hand: see
+            :func:`verify_config`), a damaged ``metrics.csv`` (see :func:`read_metrics`),
+            invalid ``summary.json`` or ``attack_samples.npz``.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -804,6 +917,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         for key in ("f_a", "kl_u"):
             if key not in config["attack"]:
                 raise CorruptRunError(f"{config_path}: missing key attack.{key}")
+    _check_hash(run_dir, config)
     metrics = read_metrics(run_dir / METRICS_FILE)
     seeds = config["run"].get("seeds")
     if seeds is not None:
