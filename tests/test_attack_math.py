@@ -114,12 +114,15 @@ def random_case(rng, num_actions=A, scale=None, min_avail=1):
     return logits, avail, d
 
 
-def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0):
+HIDDEN_TANGENT = np.linspace(-0.5, 0.5, H).astype(np.float32)  # a carried d h / d theta . g_prev
+
+
+def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0, hidden_tangent=HIDDEN_TANGENT):
     return ActingContext(
         logits=jnp.asarray(logits, jnp.float32), avail=jnp.asarray(avail, bool), q_values=jnp.asarray(q, jnp.float32),
         mix_weight=jnp.float32(mix), actor_params=params, actor_hidden=jnp.asarray(hidden, jnp.float32),
         actor_input=jnp.asarray(x, jnp.float32), prev_actor_grad=prev_grad, has_prev_grad=jnp.array(has_prev),
-        epsilon=jnp.float32(0.05))
+        epsilon=jnp.float32(0.05), hidden_tangent=jnp.asarray(hidden_tangent, jnp.float32))
 
 
 def bits(x):
@@ -600,9 +603,10 @@ def test_perturbation_attacked_step_and_vmap_over_envs(net):
     ctx = ActingContext(
         logits=jnp.asarray(logits), avail=jnp.asarray(avail), q_values=jnp.asarray(q), mix_weight=jnp.ones(b),
         actor_params=params, actor_hidden=jnp.broadcast_to(hidden, (b, H)), actor_input=jnp.broadcast_to(x, (b, I)),
-        prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.05))
+        prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.05),
+        hidden_tangent=jnp.broadcast_to(HIDDEN_TANGENT, (b, H)))
     axes = ActingContext(logits=0, avail=0, q_values=0, mix_weight=0, actor_params=None, actor_hidden=0,
-                         actor_input=0, prev_actor_grad=None, has_prev_grad=None, epsilon=None)
+                         actor_input=0, prev_actor_grad=None, has_prev_grad=None, epsilon=None, hidden_tangent=0)
     kl_u = 1.5
     for method in ("random", "var", "jbased"):
         perturb = make_perturbation(AttackConfig(method=method, f_a=1.0, kl_u=kl_u))
