@@ -1,21 +1,32 @@
-"""Training throughput and arithmetic utilisation of the learners on SMAX 3m.
+"""Training throughput of the learners on SMAX 3m, beside a shapes-only bound measured in
+the same run.
 
-    python benchmarks/train_throughput.py [--learners dop,coma] [--seeds 5] [--env 3m] [--quick]
+    python benchmarks/train_throughput.py [--learners dop,coma,qmix] [--attacks var] [--seeds 5]
+                                          [--env 3m] [--quick] [--no-bound] [--write-preset]
 
-For each learner at the paper's setting (DOP: 4 envs per seed; COMA: pymarl's 8), all seeds
-vmapped in one program, it reports:
+For each learner at the paper's setting (DOP: 4 envs per seed; COMA: pymarl's 8; QMIX: 1),
+all seeds vmapped in one program, it reports:
 
 * training env steps per second (summed over seeds), measured over whole evaluation
   windows after the buffers are warm (greedy evaluations included, as in a real run);
+* for DOP and COMA under each attack of ``--attacks`` (default: the var-based TRAM), the
+  time per env step relative to the clean run of the same learner;
+* DOP's BOUND: the env steps/s of a shapes-only sketch of one DOP iteration with no masked
+  work (``benchmarks/dop_bound.py``: tram's networks and shapes, the batch lengths tram's
+  DOP saw in this run, read from its work counters), and tram's rate as a fraction of it;
 * compile time and peak memory (max RSS of this process);
 * FLOPs per training iteration and the utilisation: achieved FLOP/s divided by the matmul
   FLOP/s this script measures on this machine in the same run.
 
+Work counters: each learner's ``train_step`` reports, per iteration and seed, the critic
+timesteps it took, the slots per episode of its target passes and of its actor pass; the
+means over the measured windows are the per-seed batch lengths (loops that run under
+``vmap`` to the slowest seed's length do more work than these counts).
+
 FLOPs: XLA's cost analysis counts a loop body once, whatever its trip count, so it is
 applied to loop-free pieces of one update (one per-timestep critic step on the whole
 batch; the target passes of one time slot; the actor's forward, recomputed forward and
-backward pass of one time slot; one acting step) and multiplied by the counts the program
-records while training (critic timesteps, target slots, actor slots, env steps). The
+backward pass of one time slot; one acting step) and multiplied by the work counters. The
 critic step, the bulk of the work, is cross-checked against a hand count of its matmuls.
 
 It also extrapolates the wall time of a 1M-step, 5-seed DOP run from the measured rate and
@@ -25,8 +36,10 @@ compares it with raw SMAX stepping at the same number of environments (context, 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +47,7 @@ import numpy as np
 from tabulate import tabulate
 
 from common import time_windows
+from dop_bound import Lengths, measure_bound
 
 from tram.attacks.perturb import AttackConfig
 from tram.config import EnvConfig, RunConfig, TrainConfig
@@ -208,67 +222,146 @@ def smax_raw_steps_per_s(env_name: str, num_envs: int, steps: int = 200) -> floa
     return steps * num_envs / (time.perf_counter() - t)
 
 
-def measure(name: str, env_name: str, seeds: int, windows: int, eval_interval: int) -> dict:
+def measure(name: str, env_name: str, seeds: int, windows: int, eval_interval: int, attack: str = "none",
+            flops: bool = True) -> dict:
+    """Times ``windows`` evaluation windows of learner ``name`` (``attack``: a TRAM method or
+    ``none``). Returns the rates, the work counters' per-seed means per iteration and (with
+    ``flops``) the FLOP count and utilisation inputs."""
     cfg = LEARNER_CONFIGS[name]()
-    config = TrainConfig(env=EnvConfig(env_name), learner=cfg, attack=AttackConfig(),
+    att = AttackConfig() if attack == "none" else AttackConfig(method=attack, f_a=1.0, kl_u=6.0)
+    config = TrainConfig(env=EnvConfig(env_name), learner=cfg, attack=att,
                          run=RunConfig(steps=eval_interval * (windows + 1), seeds=tuple(range(seeds)),
                                        eval_interval=eval_interval))
     tm = time_windows(config, windows)
-    units = unit_flops(name, cfg, tm.program.env.spec)
-    flops = (tm.work["critic_timesteps"] * units["critic_step"] + tm.work["target_slots"] * units["target_slot"]
-             + tm.work["actor_slots"] * units["actor_slot"] + tm.env_steps * units["act_step_per_env"])
-    return {
-        "learner": name, "env": env_name, "seeds": seeds, "num_envs": cfg.num_envs,
+    per_iter = lambda x: x / max(tm.updates, 1.0)
+    out = {
+        "learner": name, "attack": attack, "env": env_name, "seeds": seeds, "num_envs": cfg.num_envs,
         "env_steps_per_s": tm.steps_per_s, "compile_s": tm.compile_s, "wall_s": tm.wall_s,
-        "updates": tm.updates, "flops_per_iter": flops / max(tm.updates, 1.0),
-        "flops_per_s": flops / tm.wall_s, "units": units,
-        "mean_critic_timesteps": tm.work["critic_timesteps"] / max(tm.updates, 1.0),
+        "updates": tm.updates, "env_steps_per_iter": per_iter(tm.env_steps),
+        "mean_critic_timesteps": per_iter(tm.work["critic_timesteps"]),
+        "mean_target_slots": per_iter(tm.work["target_slots"]),
+        "mean_actor_slots": per_iter(tm.work["actor_slots"]),
+        "test_episodes": config.run.test_episodes, "eval_interval": eval_interval,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    if flops:
+        units = unit_flops(name, cfg, tm.program.env.spec)
+        total = (tm.work["critic_timesteps"] * units["critic_step"] + tm.work["target_slots"] * units["target_slot"]
+                 + tm.work["actor_slots"] * units["actor_slot"] + tm.env_steps * units["act_step_per_env"])
+        out.update(units=units, flops_per_iter=per_iter(total), flops_per_s=total / tm.wall_s)
+    return out
+
+
+def dop_bound(r: dict, reps: int, breakdown: bool) -> dict:
+    """The shapes-only DOP bound (benchmarks/dop_bound.py) at the lengths of the DOP run ``r``."""
+    lengths = Lengths.of(act=r["env_steps_per_iter"] / r["num_envs"], target=r["mean_target_slots"],
+                         critic=r["mean_critic_timesteps"], actor=r["mean_actor_slots"])
+    return measure_bound(r["env"], lengths, r["seeds"], r["env_steps_per_iter"], r["eval_interval"],
+                         r["test_episodes"], reps=reps, breakdown=breakdown)
+
+
+PRESET = Path(__file__).resolve().parent.parent / "src" / "tram" / "presets" / "throughput.json"
+
+
+def write_preset(env_name: str, results: list[dict]) -> None:
+    """Saves the clean rates (env steps/s summed over 5 seeds) and each attack's cost per env
+    step relative to clean to ``presets/throughput.json``, which `tram reproduce --dry-run`
+    reads. Learners not measured in this run keep their previous entries."""
+    spec = make_env(env_name).spec
+    old = json.loads(PRESET.read_text()) if PRESET.exists() else {}
+    rates = dict(old.get("steps_per_s", {}))
+    costs = dict(old.get("attack_cost", {}))
+    clean = {r["learner"]: r for r in results if r["attack"] == "none"}
+    rates.update({n: round(r["env_steps_per_s"], 1) for n, r in clean.items()})
+    for r in results:
+        if r["attack"] != "none" and r["learner"] in clean:
+            costs.setdefault(r["learner"], {})[r["attack"]] = round(
+                clean[r["learner"]]["env_steps_per_s"] / r["env_steps_per_s"], 3)
+    preset = {
+        "steps_per_s": rates,
+        "attack_cost": costs,
+        "reference_env": {"name": env_name, "num_agents": spec.num_agents, "obs_dim": spec.obs_dim,
+                          "state_dim": spec.state_dim},
+        "measured_by": ("python benchmarks/train_throughput.py --write-preset: training env steps/s summed over "
+                        "5 vmapped seeds, clean; attack_cost = time per env step under the attack / clean"),
+    }
+    PRESET.write_text(json.dumps(preset, indent=2) + "\n")
+    print(f"wrote {PRESET}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--learners", default="dop,coma,qmix")
+    ap.add_argument("--attacks", default="var",
+                    help="TRAM methods timed against clean for DOP and COMA (comma list; '' for none)")
     ap.add_argument("--env", default="3m")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--windows", type=int, default=2, help="measured evaluation windows")
-    ap.add_argument("--eval-interval", type=int, default=10_000)
-    ap.add_argument("--quick", action="store_true", help="2 seeds, 1 window of 2000 steps")
+    ap.add_argument("--windows", type=int, default=1, help="measured evaluation windows (after one warm-up window)")
+    ap.add_argument("--eval-interval", type=int, default=5000, help="env steps per seed per window")
+    ap.add_argument("--bound-reps", type=int, default=5, help="timed calls of each sketch program")
+    ap.add_argument("--no-bound", action="store_true", help="skip the DOP sketch")
+    ap.add_argument("--no-flops", action="store_true", help="skip the FLOP counts and the matmul peak")
+    ap.add_argument("--quick", action="store_true",
+                    help="windows of 2000 steps, 3 timed sketch calls, no sketch breakdown (same seeds)")
     ap.add_argument("--write-preset", action="store_true",
-                    help="save the measured rates to src/tram/presets/throughput.json (used by `tram reproduce`)")
+                    help="save the measured rates to src/tram/presets/throughput.json (used by `tram reproduce`); "
+                         "needs --seeds 5; learners not run keep their entries")
     args = ap.parse_args()
+    learners = [x for x in args.learners.split(",") if x]
+    attacks = [x for x in args.attacks.split(",") if x]
+    if args.write_preset and args.seeds != 5:
+        ap.error(f"--write-preset needs --seeds 5 (the preset holds rates for 5 vmapped seeds), got {args.seeds}")
     if args.quick:
-        args.seeds, args.windows, args.eval_interval = 2, 1, 2000
-    peak = matmul_peak()
-    print(f"matmul peak on this machine: {peak / 1e9:.1f} GFLOP/s (float32, best of 3 shapes)")
-    rows, results = [], []
-    for name in args.learners.split(","):
-        r = measure(name, args.env, args.seeds, args.windows, args.eval_interval)
-        results.append(r)
-        u = r["units"]
-        print(f"{name}: critic step {u['critic_step'] / 1e6:.1f} MFLOP (XLA) vs {u['critic_step_by_hand'] / 1e6:.1f} "
-              f"MFLOP (hand count); target slot {u['target_slot'] / 1e6:.1f}, actor slot {u['actor_slot'] / 1e6:.1f}; "
-              f"{r['mean_critic_timesteps']:.1f} critic timesteps per update")
-        rows.append([name, args.env, r["seeds"], r["num_envs"], f"{r['env_steps_per_s']:,.0f}", f"{r['compile_s']:.0f}",
-                     f"{r['peak_rss_gib']:.1f}", f"{r['flops_per_iter'] / 1e9:.2f}", f"{r['flops_per_s'] / 1e9:.1f}",
-                     f"{r['flops_per_s'] / peak:.2f}"])
-    print(tabulate(rows, headers=["learner", "env", "seeds", "envs/seed", "env steps/s (all seeds)", "compile s",
-                                  "peak RSS GiB", "GFLOP per update (one seed)", "GFLOP/s", "utilisation"]))
-    if args.write_preset:
-        import json
-        from pathlib import Path
+        args.windows, args.eval_interval, args.bound_reps = 1, 2000, 3
+    peak = None if args.no_flops else matmul_peak()
+    if peak:
+        print(f"matmul peak on this machine: {peak / 1e9:.1f} GFLOP/s (float32, best of 3 shapes)")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.env}, {args.seeds} seeds vmapped, "
+          f"{args.windows} measured window(s) of {args.eval_interval} env steps per seed after a warm-up window",
+          flush=True)
+    results = []
+    for name in learners:
+        runs = ["none"] + ([a for a in attacks] if name in ("dop", "coma") else [])
+        for attack in runs:
+            r = measure(name, args.env, args.seeds, args.windows, args.eval_interval, attack,
+                        flops=peak is not None and attack == "none")
+            results.append(r)
+            print(f"{name}{'' if attack == 'none' else ' + ' + attack}: {r['env_steps_per_s']:,.0f} env steps/s "
+                  f"(compile {r['compile_s']:.0f} s); per seed and iteration: {r['env_steps_per_iter']:.1f} env steps, "
+                  f"{r['mean_critic_timesteps']:.1f} critic timesteps, {r['mean_target_slots']:.1f} target slots, "
+                  f"{r['mean_actor_slots']:.1f} actor slots", flush=True)
+            if "units" in r:
+                u = r["units"]
+                print(f"  FLOPs: critic step {u['critic_step'] / 1e6:.1f} MFLOP (XLA) vs "
+                      f"{u['critic_step_by_hand'] / 1e6:.1f} MFLOP (hand count); target slot "
+                      f"{u['target_slot'] / 1e6:.1f}, actor slot {u['actor_slot'] / 1e6:.1f}", flush=True)
+    clean = {r["learner"]: r for r in results if r["attack"] == "none"}
+    bound = None
+    if "dop" in clean and not args.no_bound:
+        bound = dop_bound(clean["dop"], args.bound_reps, breakdown=not args.quick)
+        L = bound["lengths"]
+        parts = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in bound["parts"].items())
+        print(f"DOP sketch at T_act {L.act}, T_target {L.target}, T_critic {L.critic}, T_actor {L.actor} "
+              f"(tram's per-seed means, rounded), {args.seeds} seeds: {bound['iteration_s'] * 1e3:.0f} ms per "
+              f"iteration + {bound['evaluation_s'] * 1e3:.0f} ms per evaluation (compile {bound['compile_s']:.0f} s)"
+              + (f"; alone (ms): {parts}" if parts else ""), flush=True)
 
-        spec = make_env(args.env).spec
-        preset = Path(__file__).resolve().parent.parent / "src" / "tram" / "presets" / "throughput.json"
-        old = json.loads(preset.read_text()) if preset.exists() else {"steps_per_s": {}}
-        old["steps_per_s"].update({r["learner"]: round(r["env_steps_per_s"] * 5 / r["seeds"], 1) for r in results})
-        old["reference_env"] = {"name": args.env, "num_agents": spec.num_agents, "obs_dim": spec.obs_dim,
-                                "state_dim": spec.state_dim}
-        old["measured_by"] = "python benchmarks/train_throughput.py --write-preset (env steps/s summed over 5 seeds)"
-        preset.write_text(json.dumps(old, indent=2) + "\n")
-        print(f"wrote {preset}")
-    dop_r = next((r for r in results if r["learner"] == "dop"), None)
+    rows = []
+    for r in results:
+        c = clean.get(r["learner"])
+        vs_clean = f"{c['env_steps_per_s'] / r['env_steps_per_s']:.2f}" if c and r["attack"] != "none" else ""
+        b = bound["bound_steps_per_s"] if bound and r["learner"] == "dop" and r["attack"] == "none" else None
+        util = f"{r['flops_per_s'] / peak:.2f}" if peak and "flops_per_s" in r else ""
+        rows.append([r["learner"], r["attack"], r["num_envs"], f"{r['env_steps_per_s']:,.0f}", vs_clean,
+                     f"{b:,.0f}" if b else "", f"{r['env_steps_per_s'] / b:.2f}" if b else "",
+                     f"{r['compile_s']:.0f}", f"{r['peak_rss_gib']:.1f}",
+                     f"{r['flops_per_iter'] / 1e9:.2f}" if "flops_per_iter" in r else "", util])
+    print(tabulate(rows, headers=["learner", "attack", "envs/seed", f"env steps/s ({args.seeds} seeds)",
+                                  "time/step vs clean", "bound env steps/s", "tram / bound", "compile s",
+                                  "peak RSS GiB", "GFLOP per update (one seed)", "utilisation"]))
+    if args.write_preset:
+        write_preset(args.env, results)
+    dop_r = clean.get("dop")
     if dop_r is not None:
         raw = smax_raw_steps_per_s(args.env, dop_r["num_envs"] * dop_r["seeds"])
         hours = 1e6 * dop_r["seeds"] / dop_r["env_steps_per_s"] / 3600

@@ -390,8 +390,10 @@ def _duration(seconds: float) -> str:
 def _estimate_seconds(configs) -> float:
     """Wall-time estimate from throughput measured here by ``benchmarks/train_throughput.py``
     (``presets/throughput.json``: training env steps/s summed over 5 vmapped seeds on 3m, per
-    learner). Other maps are scaled by the critic's work, which grows with agents x
-    (observation + state) features. A rough guide, not a promise."""
+    learner; ``attack_cost``: time per env step under an attack relative to clean, per learner
+    and method, a measured learner's largest cost standing in for its unmeasured methods).
+    Other maps are scaled by the critic's work, which grows with agents x (observation +
+    state) features. A rough guide, not a promise."""
     import json
 
     from tram.envs import make_env
@@ -402,6 +404,9 @@ def _estimate_seconds(configs) -> float:
     for c in configs:
         spec = make_env(c.env.name).spec
         sps = measured["steps_per_s"].get(c.learner.name, measured["steps_per_s"]["dop"])
+        costs = measured.get("attack_cost", {}).get(c.learner.name, {})
+        if c.attack.method != "none":
+            sps /= costs.get(c.attack.method, max(costs.values(), default=1.0))
         work = spec.num_agents * (spec.obs_dim + spec.state_dim)
         ref_work = ref["num_agents"] * (ref["obs_dim"] + ref["state_dim"])
         total += c.run.steps * len(c.run.seeds) / (sps * ref_work / max(work, 1))

@@ -55,7 +55,14 @@ def versions() -> dict[str, str]:
 
 
 def available_memory_bytes() -> int:
-    """Memory available to this process (``MemAvailable`` on Linux)."""
+    """Memory available for the run's arrays: on an accelerator (GPU), the default device's
+    free memory (``bytes_limit - bytes_in_use`` of its memory stats); on the CPU, the host's
+    ``MemAvailable`` (Linux)."""
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -251,7 +251,10 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False,
                      include_dashboard=False, configure_logging=False)
-        remote = ray.remote(num_cpus=1)(_run_local)
+        # A task that requests no GPU gets CUDA_VISIBLE_DEVICES="" from Ray, so on a cluster
+        # with GPUs each cell asks for one (one cell per GPU); on CPUs, one core per cell.
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        remote = ray.remote(num_cpus=1, num_gpus=gpus)(_run_local)
         futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
                    for cfg in todo}
         pending = list(futures)
