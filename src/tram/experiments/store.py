@@ -682,8 +682,9 @@ class RunLock:
     """An exclusive lock on one run directory, held while a process trains it.
 
     ``fcntl.flock`` on ``run_dir/.lock`` (created if needed); the holder writes its PID into
-    the file. The kernel releases the lock when the holder exits or is killed, so a stale
-    lock file never blocks anyone. (``flock`` is local to one machine: two hosts sharing the
+    the file and empties it on release. The kernel releases the lock when the holder exits or
+    is killed, so a stale lock file never blocks anyone (a killed holder's PID stays in the
+    file until the next process takes the lock; ``holder()`` is informative only). (``flock`` is local to one machine: two hosts sharing the
     store over NFS are not protected from each other.)
 
     Use as a context manager::
@@ -748,6 +749,10 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)  # no stale PID in the file once the run is released
+            except OSError:
+                pass
             os.close(self._fd)  # releases the flock
             self._fd = None
 
