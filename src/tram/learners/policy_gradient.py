@@ -20,9 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from tram.learners.actor import RNNActor, actor_inputs, floored_policy
+from tram.learners.actor import RNNActor, actor_inputs, floored_policy, unroll_block
 from tram.learners.episodes import Episodes, loss_mask
-from tram.learners.timechunks import recurrent_value_and_grad, scan_time
+from tram.learners.timechunks import recurrent_value_and_grad, scan_chunks
 
 
 def take(q: jax.Array, actions: jax.Array) -> jax.Array:
@@ -49,19 +49,22 @@ def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsi
                          length: jax.Array | None = None, chunk: int = 8) -> jax.Array:
     """The floored policy at every slot of every episode (GRU from zeros at t = 0).
 
-    With ``length``, only the first ``length`` slots are computed (the rest are 0).
+    Without ``length``: the reference form, ``RNNActor`` applied step by step over every
+    slot. With ``length``: only the first ``length`` slots (rounded up to ``chunk``) are
+    computed, blocks of ``chunk`` steps with the input and output layers outside the
+    recurrence (:func:`tram.learners.actor.unroll_block`); the rest are 0. The two agree to
+    float rounding (tests/test_dop.py).
 
     Returns ``[E, T+1, N, A]`` probabilities (0 on unavailable actions).
     """
     e, _, n = episodes.actions.shape
     x = episode_actor_inputs(actor, episodes)
     h0 = jnp.zeros((e, n, actor.hidden), jnp.float32)
-    step = _logits_step(actor, actor_params)
     if length is None:
-        _, logits = jax.lax.scan(step, h0, jnp.swapaxes(x, 0, 1))
+        _, logits = jax.lax.scan(_logits_step(actor, actor_params), h0, jnp.swapaxes(x, 0, 1))
         logits = jnp.swapaxes(logits, 0, 1)
     else:
-        logits = scan_time(step, h0, x, length, chunk)
+        logits = scan_chunks(lambda h, xc: unroll_block(actor_params, h, xc), h0, x, length, chunk)
     return floored_policy(logits, episodes.avail, epsilon)
 
 
@@ -98,8 +101,9 @@ def pg_loss(actor: RNNActor, actor_params, ep: Episodes, epsilon, q: jax.Array, 
 def pg_loss_and_grad(actor: RNNActor, actor_params, ep: Episodes, epsilon, q: jax.Array, coef: jax.Array,
                      length: jax.Array, chunk: int = 8):
     """:func:`pg_loss` and its gradient over the first ``length`` slots only (the batch's
-    longest episode), by chunked back-propagation through time; equal to
-    ``jax.value_and_grad(pg_loss)`` up to float rounding (tested).
+    longest episode), by chunked back-propagation through time, each chunk's input and
+    output layers outside the recurrence (:func:`tram.learners.actor.unroll_block`, forward
+    and backward); equal to ``jax.value_and_grad(pg_loss)`` up to float rounding (tested).
 
     Returns ``(loss, grads)``.
     """
@@ -111,8 +115,8 @@ def pg_loss_and_grad(actor: RNNActor, actor_params, ep: Episodes, epsilon, q: ja
 
     def chunk_loss(params, h, x):
         inputs, avail, actions, q_c, coef_c, w_c = x
-        h, logits = jax.lax.scan(_logits_step(actor, params), h, jnp.swapaxes(inputs, 0, 1))
-        pi = floored_policy(jnp.swapaxes(logits, 0, 1), avail, epsilon)
+        h, logits = unroll_block(params, h, inputs)
+        pi = floored_policy(logits, avail, epsilon)
         return _terms(pi, q_c, coef_c, actions, w_c), h
 
     h0 = jnp.zeros((e, n, actor.hidden), jnp.float32)
