@@ -29,6 +29,9 @@ from tram.attacks.perturb import AttackConfig
 from tram.learners import LEARNER_CONFIGS
 from tram.validation import ConfigError, real_number, whole_number
 
+SEED_MODES = ("vmap", "map")
+"""Accepted ``run.seed_mode`` values (:func:`tram.experiments.program.over_seeds`)."""
+
 __all__ = ["ConfigError", "EnvConfig", "RunConfig", "TrainConfig", "AttackConfig", "env_spec", "parse_seeds",
            "parse_seconds", "real_number", "whole_number"]
 
@@ -142,8 +145,17 @@ class RunConfig:
     """Env steps between evaluations (PyMARL's test_interval)."""
     test_episodes: int = 32
     """Greedy test episodes per evaluation."""
+    seed_mode: str = "vmap"
+    """How the seeds share the program (:data:`SEED_MODES`):
+    ``vmap`` (batched: every data-dependent loop runs to the slowest seed) or ``map`` (one
+    after the other, each loop to its own seed's length). The same numbers per seed up to
+    float rounding, so it is an execution setting: left out of :meth:`TrainConfig.to_dict`
+    and therefore out of the run's name (a run resumes in either mode)."""
 
     def __post_init__(self):
+        if not isinstance(self.seed_mode, str) or self.seed_mode not in SEED_MODES:
+            raise ConfigError(f"run.seed_mode: {self.seed_mode!r} is not accepted; accepted: {', '.join(SEED_MODES)}",
+                              "run.seed_mode")
         if not isinstance(self.seeds, (tuple, list)):
             raise ConfigError(f"run.seeds: {self.seeds!r} is not accepted; accepted: a tuple of distinct "
                               f"integers >= 0", "run.seeds")
@@ -211,6 +223,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["env"]["options"] = dict(self.env.options)
         d["run"]["seeds"] = list(self.run.seeds)
+        del d["run"]["seed_mode"]  # an execution setting (RunConfig.seed_mode), not part of the run's identity
         return d
 
     @classmethod

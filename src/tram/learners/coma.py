@@ -242,5 +242,5 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
     n_steps = res.num_steps.astype(jnp.float32)
     info = {"critic_loss": jnp.sum(res.losses) / jnp.maximum(n_steps, 1.0), "actor_loss": a_loss,
             "critic_timesteps": n_steps, "target_slots": (length + 1).astype(jnp.float32),
-            "actor_slots": length.astype(jnp.float32)}
+            "actor_slots": length.astype(jnp.float32), "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(mask)}
     return new_state, info
