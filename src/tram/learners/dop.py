@@ -42,7 +42,12 @@ Follows the reference in:
   losses alike; test episodes greedy;
 * every loop over time (per-timestep critic steps, target forward passes, the actor's
   recurrent forward pass and back-propagation) stops at the batch's longest episode, as
-  the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`).
+  the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`);
+  the actor's input layers (fc1, the GRU's input matmul) and output layer run outside the
+  recurrence, one matmul per block of ``time_chunk`` steps
+  (:func:`tram.learners.actor.unroll_block`): the same function, summed in another float
+  order (tests/test_dop.py compares with the step-by-step form at rtol 1e-6 for the policy,
+  1e-4 for the gradient).
 
 Departs from the reference, or chooses where it is silent (default, then the option):
 
