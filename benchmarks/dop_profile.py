@@ -11,8 +11,9 @@ pieces called in turn in each round; the best call per piece is reported):
 * targets: sampling the 16 + 32 episodes and the TD(lambda) and tree-backup passes;
 * critic: the per-timestep critic steps on those 48 episodes;
 * actor: the actor batch, the critic's Q and k on it, and the chunked BPTT with the
-  update; ``actor (per-step layers)`` is the same gradient with every layer inside the
-  recurrence (tram before the input layers moved out), for comparison;
+  update, with the input and output layers outside the recurrence (``blocks=True``) and
+  with every layer in the per-step scan (``actor (per-step layers)``, the default);
+* policy: the off-policy batch's policy pass of the tree-backup targets, both ways;
 * evaluation: 32 greedy test episodes (once per evaluation window, not per iteration);
 * train_step: the whole update (targets + critic + actor + target copy).
 """
@@ -32,25 +33,9 @@ from tram.learners import dop
 from tram.learners.actor import floored_policy
 from tram.learners.common import rmsprop
 from tram.learners.episodes import buffer_sample_uniform, buffer_take, latest_indices, loss_mask, truncate_length
-from tram.learners.policy_gradient import _agent_mask, _logits_step, _terms, episode_actor_inputs
+from tram.learners.policy_gradient import pg_loss_and_grad, policy_over_episodes
 from tram.learners.rollout import collect_episodes, evaluate_greedy
-from tram.learners.timechunks import map_time, recurrent_value_and_grad
-
-
-def per_step_actor_grad(actor, params, ep, epsilon, q, coef, length, chunk):
-    """The chunked BPTT with every actor layer inside the recurrence (the previous form)."""
-    e, _, n = ep.actions.shape
-    mask = _agent_mask(ep)
-    weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
-    xs = (episode_actor_inputs(actor, ep), ep.avail, ep.actions, q, coef, weight)
-
-    def chunk_loss(p, h, x):
-        inputs, avail, actions, q_c, coef_c, w_c = x
-        h, logits = jax.lax.scan(_logits_step(actor, p), h, jnp.swapaxes(inputs, 0, 1))
-        pi = floored_policy(jnp.swapaxes(logits, 0, 1), avail, epsilon)
-        return _terms(pi, q_c, coef_c, actions, w_c), h
-
-    return recurrent_value_and_grad(chunk_loss, params, jnp.zeros((e, n, actor.hidden)), xs, length, chunk)
+from tram.learners.timechunks import map_time
 
 
 def main():
@@ -107,14 +92,17 @@ def main():
         idx, _ = latest_indices(k, st.on_buffer, cfg.batch_size, cfg.actor_batch)
         ep = buffer_take(st.on_buffer, idx).as_float32()
         length = truncate_length(ep)
-        if per_step:
-            q = map_time(lambda sl: dop.q_values(nets, st.critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, 8)
-            kk = map_time(lambda x: nets.mixer.apply(st.critic_params["mixer"], x), ep.state, length, 8)
-            loss, g = per_step_actor_grad(nets.actor, st.actor_params, ep, eps, q, kk, length, cfg.time_chunk)
-        else:
-            loss, g = dop.actor_loss_and_grad(st.actor_params, nets, st.critic_params, ep, eps, length, cfg.time_chunk)
+        q = map_time(lambda sl: dop.q_values(nets, st.critic_params, sl[0], sl[1]), (ep.state, ep.obs), length, 8)
+        kk = map_time(lambda x: nets.mixer.apply(st.critic_params["mixer"], x), ep.state, length, 8)
+        loss, g = pg_loss_and_grad(nets.actor, st.actor_params, ep, eps, q, kk, length, cfg.time_chunk,
+                                   blocks=not per_step)
         upd, opt = rmsprop(cfg.actor_lr, cfg).update(g, st.actor_opt, st.actor_params)
         return optax.apply_updates(st.actor_params, upd), opt, loss
+
+    def policy(st, k, blocks):
+        off = buffer_sample_uniform(k, st.off_buffer, cfg.off_batch_size).as_float32()
+        return policy_over_episodes(nets.actor, st.actor_params, off, eps, truncate_length(off) + 1, cfg.time_chunk,
+                                    blocks=blocks)
 
     def evaluation(st, k):
         return evaluate_greedy(env, nets.actor, st.actor_params, k, 32).episode_return
@@ -130,12 +118,15 @@ def main():
         "critic steps": (batched(critic), (state, batch, y, num)),
         "actor": (batched(actor_update), (state, kk)),
         "actor (per-step layers)": (batched(lambda st, k: actor_update(st, k, True)), (state, kk)),
+        "policy (32 episodes, blocks)": (batched(lambda st, k: policy(st, k, True)), (state, kk)),
+        "policy (per-step layers)": (batched(lambda st, k: policy(st, k, False)), (state, kk)),
         "evaluation (32 episodes)": (batched(evaluation), (state, kk)),
         "train_step": (batched(train_step), (state, kk)),
     }
     if args.pieces:
         wanted = args.pieces.split(",")
-        pieces = {k: v for k, v in pieces.items() if k.split(" (")[0].replace(" ", "_") + ("_per_step" if "per-step" in k else "") in wanted}
+        pieces = {k: v for k, v in pieces.items()
+                  if k.split(" (")[0].replace(" ", "_") + ("_per_step" if "per-step" in k else "") in wanted}
     compile_s = {}
     for name, (fn, a) in pieces.items():
         t = time.perf_counter()

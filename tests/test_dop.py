@@ -114,6 +114,18 @@ def test_actor_loss_matches_direct_computation():
         np.testing.assert_allclose(float(c_loss), float(ref_loss), rtol=1e-5)
         for a, b in zip(jax.tree.leaves(c_grad), jax.tree.leaves(ref_grad)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    # ... also with the input and output layers outside the recurrence (another float order)
+    from tram.learners.policy_gradient import pg_loss_and_grad
+
+    q_j, k_j = jnp.asarray(q), jnp.asarray(k)
+    for length, chunk in ((jnp.int32(4), 3), (jnp.int32(5), 2)):
+        b_loss, b_grad = pg_loss_and_grad(nets.actor, st.actor_params, ep, eps, q_j, k_j, length, chunk, blocks=True)
+        np.testing.assert_allclose(float(b_loss), float(ref_loss), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(b_grad), jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    pi_steps = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2,
+                                        blocks=False)
+    np.testing.assert_allclose(np.asarray(pi_steps), pi, rtol=1e-6, atol=1e-7)
 
 
 def test_per_timestep_critic_steps_equal_a_loop_over_critic_loss_at():

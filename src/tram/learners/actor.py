@@ -109,14 +109,16 @@ def unroll_block(params, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Arr
         ``(h_end [E, N, H], logits [E, C, N, A])``. Equal, up to float rounding, to applying
         ``RNNActor`` step by step.
     """
-    gi = jnp.swapaxes(input_gates(params, x), 0, 1)  # [C, E, N, 3H]
+    # time-major around the recurrence; the transposes move the narrow arrays (inputs and
+    # logits), not the gates or the hidden states
+    gi = input_gates(params, jnp.swapaxes(x, 0, 1))  # [C, E, N, 3H]
 
     def step(h, gi_t):
         h = gru_from_gates(params, h, gi_t)
         return h, h
 
     h, hs = jax.lax.scan(step, h, gi)
-    return h, logits_head(params, jnp.swapaxes(hs, 0, 1))
+    return h, jnp.swapaxes(logits_head(params, hs), 0, 1)
 
 
 def actor_inputs(obs: jax.Array, last_actions: jax.Array, num_actions: int) -> jax.Array:
