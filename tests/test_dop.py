@@ -90,7 +90,8 @@ def test_actor_loss_matches_direct_computation():
     loss = float(dop.actor_loss(st.actor_params, nets, st.critic_params, ep, eps))
 
     pi = np.asarray(dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps))
-    pi_chunked = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2)
+    pi_chunked = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2,
+                                          blocks=True)
     np.testing.assert_allclose(np.asarray(pi_chunked), pi, rtol=1e-6, atol=1e-7)
     q = np.asarray(dop.q_values(nets, st.critic_params, ep.state, ep.obs))
     k = np.asarray(nets.mixer.apply(st.critic_params["mixer"], ep.state))

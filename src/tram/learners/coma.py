@@ -29,10 +29,9 @@ Follows the reference in:
 * acting with the epsilon-floored policy (``mask_before_softmax: False``), epsilon at the
   env steps counted before the batch for acting and the loss alike, greedy test episodes;
 * every time loop stops at the batch's longest episode (:mod:`tram.learners.timechunks`),
-  the same numbers as the reference's truncation to ``max_t_filled``; the actor's input
-  and output layers run outside the recurrence, one matmul per block of ``time_chunk``
-  steps (:func:`tram.learners.actor.unroll_block`; another float order, see
-  :mod:`tram.learners.dop`).
+  the same numbers as the reference's truncation to ``max_t_filled`` (the actor's layers
+  step by step; the ``blocks`` form of :mod:`tram.learners.policy_gradient` is an option,
+  see :mod:`tram.learners.dop`).
 
 Departs from the reference, or chooses where it is silent (default, then the option):
 

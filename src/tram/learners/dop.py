@@ -43,11 +43,12 @@ Follows the reference in:
 * every loop over time (per-timestep critic steps, target forward passes, the actor's
   recurrent forward pass and back-propagation) stops at the batch's longest episode, as
   the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`);
-  the actor's input layers (fc1, the GRU's input matmul) and output layer run outside the
-  recurrence, one matmul per block of ``time_chunk`` steps
-  (:func:`tram.learners.actor.unroll_block`): the same function, summed in another float
-  order (tests/test_dop.py compares with the step-by-step form at rtol 1e-6 for the policy,
-  1e-4 for the gradient).
+  the actor's passes apply every layer step by step (the reference's form); the time loops
+  can instead run the input layers (fc1, the GRU's input matmul) and the output layer
+  outside the recurrence, one matmul per block of ``time_chunk`` steps (``blocks=True`` of
+  :mod:`tram.learners.policy_gradient`, :func:`tram.learners.actor.unroll_block`): the
+  same function in another float order (tests/test_dop.py: rtol 1e-6 for the policy, 1e-4
+  for the gradient), measured slower on this project's 2-core CPU, so not the default.
 
 Departs from the reference, or chooses where it is silent (default, then the option):
 

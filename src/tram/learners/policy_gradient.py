@@ -46,14 +46,17 @@ def _logits_step(actor: RNNActor, params):
 
 
 def policy_over_episodes(actor: RNNActor, actor_params, episodes: Episodes, epsilon,
-                         length: jax.Array | None = None, chunk: int = 8, blocks: bool = True) -> jax.Array:
+                         length: jax.Array | None = None, chunk: int = 8, blocks: bool = False) -> jax.Array:
     """The floored policy at every slot of every episode (GRU from zeros at t = 0).
 
     Without ``length``: the reference form, ``RNNActor`` applied step by step over every
     slot. With ``length``: only the first ``length`` slots (rounded up to ``chunk``) are
     computed, in blocks of ``chunk`` steps, with ``blocks`` the input and output layers
     outside the recurrence (:func:`tram.learners.actor.unroll_block`), else every layer
-    step by step; the rest are 0. All forms agree to float rounding (tests/test_dop.py).
+    step by step (the default: measured faster on a 2-core CPU, 58 vs 99 ms for DOP's
+    32-episode off-policy batch on 3m with 5 vmapped seeds, ``benchmarks/dop_profile.py
+    --pieces policy,policy_per_step``); the rest are 0. All forms agree to float rounding
+    (tests/test_dop.py).
 
     Returns ``[E, T+1, N, A]`` probabilities (0 on unavailable actions).
     """
