@@ -90,7 +90,8 @@ def test_actor_loss_matches_direct_computation():
     loss = float(dop.actor_loss(st.actor_params, nets, st.critic_params, ep, eps))
 
     pi = np.asarray(dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps))
-    pi_chunked = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2)
+    pi_chunked = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2,
+                                          blocks=True)
     np.testing.assert_allclose(np.asarray(pi_chunked), pi, rtol=1e-6, atol=1e-7)
     q = np.asarray(dop.q_values(nets, st.critic_params, ep.state, ep.obs))
     k = np.asarray(nets.mixer.apply(st.critic_params["mixer"], ep.state))
@@ -114,6 +115,52 @@ def test_actor_loss_matches_direct_computation():
         np.testing.assert_allclose(float(c_loss), float(ref_loss), rtol=1e-5)
         for a, b in zip(jax.tree.leaves(c_grad), jax.tree.leaves(ref_grad)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    # ... also with the input and output layers outside the recurrence (another float order)
+    from tram.learners.policy_gradient import pg_loss_and_grad
+
+    q_j, k_j = jnp.asarray(q), jnp.asarray(k)
+    for length, chunk in ((jnp.int32(4), 3), (jnp.int32(5), 2)):
+        b_loss, b_grad = pg_loss_and_grad(nets.actor, st.actor_params, ep, eps, q_j, k_j, length, chunk, blocks=True)
+        np.testing.assert_allclose(float(b_loss), float(ref_loss), rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(b_grad), jax.tree.leaves(ref_grad)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    pi_steps = dop.policy_over_episodes(nets.actor, st.actor_params, ep, eps, length=jnp.int32(5), chunk=2,
+                                        blocks=False)
+    np.testing.assert_allclose(np.asarray(pi_steps), pi, rtol=1e-6, atol=1e-7)
+
+
+def test_per_timestep_critic_steps_equal_a_loop_over_critic_loss_at():
+    """The compiled loop (inputs built once, time-major) takes the same steps as a Python
+    loop over ``critic_loss_at``: one RMSprop step per timestep with a valid entry, in
+    increasing order, none where the mask is all zero. Same float ops: rtol 1e-6."""
+    from tram.learners.common import rmsprop
+
+    cfg = dop.DOPConfig(rnn_hidden=8, critic_hidden=16, mixing_embed=4)
+    nets = dop.make_nets(cfg, num_agents=2, num_actions=3)
+    ep = _tiny_episodes(jax.random.PRNGKey(2))
+
+    class Spec:
+        num_agents, num_actions, obs_dim, state_dim, episode_limit = 2, 3, 3, 2, 4
+
+    _, st = dop.init_state(cfg, Spec, jax.random.PRNGKey(3))
+    targets = jax.random.normal(jax.random.PRNGKey(4), (2, 4))
+    mask = jnp.array([[1, 1, 0, 1], [1, 0, 0, 0]], jnp.float32)  # timestep 2 has no valid entry
+    opt = rmsprop(cfg.critic_lr, cfg)
+    params, opt_state, steps, mean_loss = dop.train_critic_per_timestep(
+        nets, st.critic_params, st.critic_opt, ep, targets, mask, jnp.int32(4), opt)
+    ref_p, ref_o, losses = st.critic_params, st.critic_opt, []
+    for t in range(4):
+        if mask[:, t].sum() == 0:
+            continue
+        loss, g = jax.value_and_grad(dop.critic_loss_at, argnums=1)(
+            nets, ref_p, ep.state[:, t], ep.obs[:, t], ep.actions[:, t], targets[:, t], mask[:, t])
+        upd, ref_o = opt.update(g, ref_o, ref_p)
+        ref_p = jax.tree.map(jnp.add, ref_p, upd)
+        losses.append(float(loss))
+    assert int(steps) == 3
+    np.testing.assert_allclose(float(mean_loss), np.mean(losses), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_p)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 def _config(method="none", seeds=(0,), steps=1500, **attack):

@@ -11,9 +11,18 @@ environment step or per episode):
 * ``train(key) -> (state, WindowMetrics[W])``: ``init`` then a ``lax.scan`` over the ``W``
   evaluation windows: the whole run in one program; ``jax.vmap(train)`` runs seeds together.
 
-The Python driver (:mod:`tram.experiments.runner`) calls ``jit(vmap(run_window))`` once per
-evaluation window instead, to show progress and checkpoint between windows; both paths
-compute the same numbers.
+The Python driver (:mod:`tram.experiments.runner`) calls the seed-batched ``run_window`` of
+:func:`over_seeds` once per evaluation window instead, to show progress and checkpoint
+between windows; both paths compute the same numbers.
+
+Seeds (``run.seed_mode``, :data:`SEED_MODES`): ``vmap`` batches the seeds' work in every
+operation, so every loop whose trip count depends on the data (the windows' training
+iterations, the per-timestep critic steps, the time loops that stop at a batch's longest
+episode, the rollouts) runs to the slowest seed, the others computing masked work; ``map``
+runs the seeds one after the other inside one program (``lax.map``), each loop to its own
+seed's length, giving up the batching of the seeds' matmuls. The numbers per seed are the
+same in both modes up to float rounding (a batched matmul may sum in another order;
+tests/test_seed_modes.py).
 
 A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init_state``,
 ``store_episodes``, ``ready_to_train``, ``train_step``, ``attack_q_fn`` and
@@ -33,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.budget import stealth_averages
+from tram.config import SEED_MODES
 from tram.envs import make_env
 from tram.envs.base import TramEnv
 from tram.learners.actor import epsilon_at
@@ -99,7 +109,7 @@ class WindowMetrics(NamedTuple):
     samples: AttackSample  # [M, ...] Fig. 4 samples of the window (``valid`` marks real ones)
 
 
-WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots")
+WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots", "critic_entries", "actor_entries")
 SAMPLES_PER_WINDOW = 4
 
 
@@ -144,6 +154,8 @@ class TrainProgram:
     env: TramEnv
     attacked_agent: int | None
     init: Callable
+    iteration: Callable
+    """``TrainState -> TrainState``: one training iteration of one seed (for profiling)."""
     run_window: Callable
     train: Callable
     window_targets: tuple[int, ...]
@@ -291,5 +303,27 @@ def make_train(config) -> TrainProgram:
         state = init(key)
         return jax.lax.scan(run_window, state, jnp.asarray(targets, jnp.int32))
 
-    return TrainProgram(env=env, attacked_agent=agent, init=init, run_window=run_window, train=train,
+    return TrainProgram(env=env, attacked_agent=agent, init=init, iteration=iteration, run_window=run_window, train=train,
                         window_targets=targets, buffer_bytes_per_seed=mod.buffer_bytes(cfg, env.spec))
+
+
+def over_seeds(program: TrainProgram, mode: str = "vmap") -> tuple[Callable, Callable]:
+    """The program's pieces over a stack of seeds, compiled, in seed mode ``mode``.
+
+    Returns ``(init, run_window)``: ``init(keys [S, 2]) -> TrainState`` (every leaf with a
+    leading seed axis ``S``) and ``run_window(states, until_env_steps) -> (states,
+    WindowMetrics)`` (leaves ``[S, ...]``). ``vmap`` batches the seeds (every data-dependent
+    loop runs to the slowest seed); ``map`` runs them one after the other in one program
+    (each loop to its own seed's length). See the module docstring.
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`SEED_MODES`.
+    """
+    if mode == "vmap":
+        return jax.jit(jax.vmap(program.init)), jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))
+    if mode == "map":
+        def run_window(states, until_env_steps):
+            return jax.lax.map(lambda s: program.run_window(s, until_env_steps), states)
+
+        return jax.jit(lambda keys: jax.lax.map(program.init, keys)), jax.jit(run_window)
+    raise ValueError(f"run.seed_mode: {mode!r} is not accepted; accepted: {', '.join(SEED_MODES)}")

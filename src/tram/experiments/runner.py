@@ -34,7 +34,7 @@ import numpy as np
 from tram.config import TrainConfig
 from tram.experiments import store
 from tram.experiments.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, enable_compile_cache  # noqa: F401
-from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train
+from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train, over_seeds
 
 METRIC_COLUMNS = store.METRIC_COLUMNS
 assert METRIC_COLUMNS == ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
@@ -270,8 +270,7 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     store.write_json_atomic(run_dir / store.CONFIG_FILE,
                             {**cfg_dict, store.HASH_KEY: store.config_hash(cfg_dict), "versions": versions()})
 
-    init = jax.jit(jax.vmap(program.init))
-    run_window = jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))
+    init, run_window = over_seeds(program, config.run.seed_mode)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in config.run.seeds])
     template = jax.eval_shape(init, keys)
 

@@ -63,6 +63,64 @@ class RNNActor(nn.Module):
         return logits, h_new
 
 
+def input_gates(params, x: jax.Array) -> jax.Array:
+    """The non-recurrent part of :class:`RNNActor`: ``fc1 -> ReLU -> GRU input matmul``.
+
+    ``x [..., I]`` -> ``gi [..., 3H]`` (``W_i{r,z,n} y + b_i{r,z,n}`` with ``y = relu(fc1 x)``).
+    Applied to a whole block of time steps at once (one matmul per layer) by the learners'
+    time loops; per row it computes what ``RNNActor.__call__`` computes (the float order of
+    a matmul may differ with the number of rows, so results agree to float rounding).
+    """
+    p = params["params"]
+    y = jax.nn.relu(x @ p["fc1"]["kernel"] + p["fc1"]["bias"])
+    return y @ p["rnn"]["input"]["kernel"] + p["rnn"]["input"]["bias"]
+
+
+def gru_from_gates(params, h: jax.Array, gi: jax.Array) -> jax.Array:
+    """The recurrent part of :class:`RNNActor`: PyTorch's GRU update from the input gates
+    ``gi [..., 3H]`` (:func:`input_gates`) and the hidden state ``h [..., H]`` -> ``h' [..., H]``."""
+    p = params["params"]["rnn"]["hidden"]
+    gh = h @ p["kernel"] + p["bias"]
+    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(i_r + h_r)
+    z = jax.nn.sigmoid(i_z + h_z)
+    n = jnp.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h
+
+
+def logits_head(params, h: jax.Array) -> jax.Array:
+    """The output layer of :class:`RNNActor`: ``h [..., H]`` -> ``logits [..., A]``."""
+    p = params["params"]["fc2"]
+    return h @ p["kernel"] + p["bias"]
+
+
+def unroll_block(params, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:class:`RNNActor` over a block of ``C`` time steps with its non-recurrent layers
+    outside the recurrence: the input layers (:func:`input_gates`) and the output layer
+    (:func:`logits_head`) are one matmul each over the whole block; only the GRU's hidden
+    matmul runs step by step.
+
+    Args:
+        params: the actor's parameters; h: ``[E, N, H]`` hidden state entering the block;
+        x: ``[E, C, N, I]`` actor inputs (batch-major, time on axis 1).
+
+    Returns:
+        ``(h_end [E, N, H], logits [E, C, N, A])``. Equal, up to float rounding, to applying
+        ``RNNActor`` step by step.
+    """
+    # time-major around the recurrence; the transposes move the narrow arrays (inputs and
+    # logits), not the gates or the hidden states
+    gi = input_gates(params, jnp.swapaxes(x, 0, 1))  # [C, E, N, 3H]
+
+    def step(h, gi_t):
+        h = gru_from_gates(params, h, gi_t)
+        return h, h
+
+    h, hs = jax.lax.scan(step, h, gi)
+    return h, jnp.swapaxes(logits_head(params, hs), 0, 1)
+
+
 def actor_inputs(obs: jax.Array, last_actions: jax.Array, num_actions: int) -> jax.Array:
     """Builds the actor input ``[obs_i, onehot(last action), onehot(i)]``.
 

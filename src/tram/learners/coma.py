@@ -29,7 +29,9 @@ Follows the reference in:
 * acting with the epsilon-floored policy (``mask_before_softmax: False``), epsilon at the
   env steps counted before the batch for acting and the loss alike, greedy test episodes;
 * every time loop stops at the batch's longest episode (:mod:`tram.learners.timechunks`),
-  the same numbers as the reference's truncation to ``max_t_filled``.
+  the same numbers as the reference's truncation to ``max_t_filled`` (the actor's layers
+  step by step; the ``blocks`` form of :mod:`tram.learners.policy_gradient` is an option,
+  see :mod:`tram.learners.dop`).
 
 Departs from the reference, or chooses where it is silent (default, then the option):
 
@@ -242,5 +244,5 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
     n_steps = res.num_steps.astype(jnp.float32)
     info = {"critic_loss": jnp.sum(res.losses) / jnp.maximum(n_steps, 1.0), "actor_loss": a_loss,
             "critic_timesteps": n_steps, "target_slots": (length + 1).astype(jnp.float32),
-            "actor_slots": length.astype(jnp.float32)}
+            "actor_slots": length.astype(jnp.float32), "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(mask)}
     return new_state, info

@@ -295,8 +295,11 @@ def coma_critic_step_sequence(
     num_actions, q_dtype = q_shape.shape[-1], q_shape.dtype
     stop = t_len if length is None else jnp.minimum(jnp.asarray(length, jnp.int32), t_len)
 
+    # time-major copies, so that each step reads and writes one contiguous slice
+    inputs, actions, targets, mask = (jnp.swapaxes(x, 0, 1) for x in (inputs, actions, targets, mask))
+
     def at(x, t):
-        return jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False)
+        return jax.lax.dynamic_index_in_dim(x, t, axis=0, keepdims=False)
 
     def take_step(operand):
         params, opt_state, t = operand
@@ -313,11 +316,11 @@ def coma_critic_step_sequence(
         t = stop - 1 - k
         valid = jnp.sum(at(mask, t)) > 0
         params, opt_state, q_t, loss = jax.lax.cond(valid, take_step, skip, (params, opt_state, t))
-        q = jax.lax.dynamic_update_index_in_dim(q, q_t, t, axis=1)
+        q = jax.lax.dynamic_update_index_in_dim(q, q_t, t, axis=0)
         losses = jax.lax.dynamic_update_index_in_dim(losses, loss, t, axis=0)
         return params, opt_state, steps + valid.astype(jnp.int32), q, losses
 
-    init = (params, opt_state, jnp.int32(0), jnp.zeros((b, t_len, n, num_actions), q_dtype),
+    init = (params, opt_state, jnp.int32(0), jnp.zeros((t_len, b, n, num_actions), q_dtype),
             jnp.zeros((t_len,), jnp.float32))
     params, opt_state, steps, q, losses = jax.lax.fori_loop(0, stop, body, init)
-    return ComaCriticSteps(params, opt_state, steps, q, losses)
+    return ComaCriticSteps(params, opt_state, steps, jnp.swapaxes(q, 0, 1), losses)

@@ -42,7 +42,13 @@ Follows the reference in:
   losses alike; test episodes greedy;
 * every loop over time (per-timestep critic steps, target forward passes, the actor's
   recurrent forward pass and back-propagation) stops at the batch's longest episode, as
-  the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`).
+  the reference's truncation to ``max_t_filled`` does (:mod:`tram.learners.timechunks`);
+  the actor's passes apply every layer step by step (the reference's form); the time loops
+  can instead run the input layers (fc1, the GRU's input matmul) and the output layer
+  outside the recurrence, one matmul per block of ``time_chunk`` steps (``blocks=True`` of
+  :mod:`tram.learners.policy_gradient`, :func:`tram.learners.actor.unroll_block`): the
+  same function in another float order (tests/test_dop.py: rtol 1e-6 for the policy, 1e-4
+  for the gradient), measured slower on this project's 2-core CPU, so not the default.
 
 Departs from the reference, or chooses where it is silent (default, then the option):
 
@@ -267,7 +273,13 @@ def critic_loss_at(nets: DOPNets, critic_params, state_t, obs_t, actions_t, y_t,
 
     ``state_t [E, S]``, ``obs_t [E, N, D]``, ``actions_t [E, N]``, ``y_t, mask_t [E]``.
     """
-    q_tot = mix(nets, critic_params, take(q_values(nets, critic_params, state_t, obs_t), actions_t), state_t)
+    return _critic_loss(nets, critic_params, critic_inputs(state_t, obs_t), state_t, actions_t, y_t, mask_t)
+
+
+def _critic_loss(nets: DOPNets, critic_params, x_t, state_t, actions_t, y_t, mask_t):
+    """:func:`critic_loss_at` from the critic's inputs ``x_t [E, N, S + D + N]``."""
+    q = nets.critic.apply(critic_params["critic"], x_t)
+    q_tot = mix(nets, critic_params, take(q, actions_t), state_t)
     err = (q_tot - y_t) * mask_t
     return jnp.sum(err ** 2) / jnp.maximum(jnp.sum(mask_t), 1.0)
 
@@ -277,16 +289,24 @@ def train_critic_per_timestep(nets: DOPNets, critic_params, opt_state, ep: Episo
     """One optimiser step per timestep ``t < num_steps`` in increasing order, skipping
     timesteps whose mask is all zero (reference ``train_critic``).
 
+    The critic's inputs are built once for every slot and laid out time-major before the
+    loop, so that each step reads one contiguous slice (the same numbers as building them
+    step by step).
+
     Returns ``(critic_params, opt_state, steps_taken, mean_loss)``.
     """
-    grad_fn = jax.value_and_grad(critic_loss_at, argnums=1)
+    grad_fn = jax.value_and_grad(_critic_loss, argnums=1)
+    t_slots = targets.shape[1]
+    tm = lambda x: jnp.swapaxes(x[:, :t_slots], 0, 1)  # [E, T, ...] -> [T, E, ...]
+    xs = (tm(critic_inputs(ep.state, ep.obs)), tm(ep.state.astype(jnp.float32)), tm(ep.actions), tm(targets),
+          tm(mask))
 
     def body(t, carry):
         params, opt, steps, loss_sum = carry
-        sl = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False)
-        mask_t = sl(mask)
+        x_t, state_t, actions_t, y_t, mask_t = (jax.lax.dynamic_index_in_dim(x, t, axis=0, keepdims=False)
+                                                 for x in xs)
         valid = jnp.sum(mask_t) >= 0.5
-        loss, grads = grad_fn(nets, params, sl(ep.state), sl(ep.obs), sl(ep.actions), sl(targets), mask_t)
+        loss, grads = grad_fn(nets, params, x_t, state_t, actions_t, y_t, mask_t)
         updates, new_opt = optimiser.update(grads, opt, params)
         new_params = optax.apply_updates(params, updates)
         params = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new_params, params)
@@ -400,7 +420,9 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
     """One DOP training iteration: critic (on 16 + 32 sampled episodes), then actor (on the
     batch of ``cfg.actor_batch``, :func:`tram.learners.episodes.latest_indices`). Returns the new state and ``info``: ``critic_loss``, ``actor_loss`` and the
     work done (``critic_timesteps`` steps taken, ``target_slots`` slots per episode of the
-    target passes, ``actor_slots`` slots per episode of the actor pass)."""
+    target passes, ``actor_slots`` slots per episode of the actor pass; ``critic_entries`` and
+    ``actor_entries``: the valid episode-steps among them, for the padding measurement of
+    ``benchmarks/padding.py``)."""
     k_on, k_off = jax.random.split(key)
     k_actor = jax.random.fold_in(key, 1)  # leaves the critic's samples as they were before the option
     on = buffer_sample_uniform(k_on, state.on_buffer, cfg.batch_size).as_float32()
@@ -435,5 +457,6 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
     )
     info = {"critic_loss": critic_loss, "actor_loss": a_loss, "critic_timesteps": steps.astype(jnp.float32),
             "target_slots": (num_steps + 1).astype(jnp.float32),
-            "actor_slots": truncate_length(latest).astype(jnp.float32)}
+            "actor_slots": truncate_length(latest).astype(jnp.float32),
+            "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(loss_mask(latest.filled, latest.terminated))}
     return new_state, info

@@ -9,6 +9,8 @@ the finished seeds), which is still far below the limit.
 
 * :func:`map_time`: a stateless function of each time slice (critic forward passes);
 * :func:`scan_time`: a recurrent forward pass (the GRU actor), outputs per step;
+  :func:`scan_chunks` the same one block of steps at a time (the block's non-recurrent
+  layers in one matmul);
 * :func:`recurrent_value_and_grad`: the exact gradient of a loss summed over time through a
   recurrent network (back-propagation through time), chunk by chunk in reverse with
   ``jax.vjp``, recomputing each chunk's forward pass from its stored start state.
@@ -68,6 +70,35 @@ def map_time(fn: Callable[[Any], jax.Array], xs: Any, length: jax.Array, chunk: 
     return out[:, :t]
 
 
+def scan_chunks(run_chunk: Callable[[Any, Any], tuple[Any, jax.Array]], h0: Any, xs: Any, length: jax.Array,
+                chunk: int) -> jax.Array:
+    """Recurrent forward pass one block of ``chunk`` steps at a time, for ``t < length``.
+
+    Args:
+        run_chunk: ``(h, x_chunk) -> (h', y_chunk)`` on a block of ``chunk`` steps
+            (``x_chunk``: pytree of ``[E, C, ...]``; ``y_chunk``: ``[E, C, ...]``), e.g. a
+            network whose non-recurrent layers take the whole block in one matmul.
+        h0: the initial carry.
+        xs: pytree of ``[E, T, ...]``.
+
+    Returns:
+        ``ys [E, T, ...]`` (0 after the last chunk holding a step below ``length``).
+    """
+    t = jax.tree.leaves(xs)[0].shape[1]
+    padded = jax.tree.map(lambda x: _pad_time(x, chunk), xs)
+    tp = jax.tree.leaves(padded)[0].shape[1]
+    out_sd = jax.eval_shape(run_chunk, h0, _slice(padded, 0, chunk))[1]
+    out = jnp.zeros((out_sd.shape[0], tp) + out_sd.shape[2:], out_sd.dtype)
+
+    def body(j, carry):
+        h, out = carry
+        h, y = run_chunk(h, _slice(padded, j * chunk, chunk))
+        return h, jax.lax.dynamic_update_slice_in_dim(out, y, j * chunk, axis=1)
+
+    _, out = jax.lax.fori_loop(0, num_chunks(length, chunk), body, (h0, out))
+    return out[:, :t]
+
+
 def scan_time(step: Callable[[Any, Any], tuple[Any, jax.Array]], h0: Any, xs: Any, length: jax.Array,
               chunk: int) -> jax.Array:
     """Recurrent forward pass ``h, y_t = step(h, xs[:, t])`` for ``t < length``.
@@ -80,24 +111,12 @@ def scan_time(step: Callable[[Any, Any], tuple[Any, jax.Array]], h0: Any, xs: An
     Returns:
         ``ys [E, T, ...]`` (0 after ``length``).
     """
-    t = jax.tree.leaves(xs)[0].shape[1]
-    padded = jax.tree.map(lambda x: _pad_time(x, chunk), xs)
-    tp = jax.tree.leaves(padded)[0].shape[1]
 
     def run_chunk(h, x_chunk):
         h, ys = jax.lax.scan(step, h, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), x_chunk))
         return h, jnp.swapaxes(ys, 0, 1)
 
-    out_sd = jax.eval_shape(run_chunk, h0, _slice(padded, 0, chunk))[1]
-    out = jnp.zeros((out_sd.shape[0], tp) + out_sd.shape[2:], out_sd.dtype)
-
-    def body(j, carry):
-        h, out = carry
-        h, y = run_chunk(h, _slice(padded, j * chunk, chunk))
-        return h, jax.lax.dynamic_update_slice_in_dim(out, y, j * chunk, axis=1)
-
-    _, out = jax.lax.fori_loop(0, num_chunks(length, chunk), body, (h0, out))
-    return out[:, :t]
+    return scan_chunks(run_chunk, h0, xs, length, chunk)
 
 
 def recurrent_value_and_grad(
