@@ -371,6 +371,9 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
         "attacked_agent_index": program.attacked_agent,
         "env_steps_actual": {str(s): int(v) for s, v in zip(config.run.seeds, np.asarray(state.env_steps))},
         "branched_from": branched_from,
+        # an execution setting, not part of the run's identity (config.json leaves it out):
+        # the mode of the process that finished the run (a resumed run may have begun in another)
+        "seed_mode": config.run.seed_mode,
     })
     store.remove_checkpoint(run_dir)
     log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
