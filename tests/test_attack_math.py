@@ -12,6 +12,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,12 +115,15 @@ def random_case(rng, num_actions=A, scale=None, min_avail=1):
     return logits, avail, d
 
 
-def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0):
+HIDDEN_TANGENT = np.linspace(-0.5, 0.5, H).astype(np.float32)  # a carried d h / d theta . g_prev
+
+
+def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0, hidden_tangent=HIDDEN_TANGENT):
     return ActingContext(
         logits=jnp.asarray(logits, jnp.float32), avail=jnp.asarray(avail, bool), q_values=jnp.asarray(q, jnp.float32),
         mix_weight=jnp.float32(mix), actor_params=params, actor_hidden=jnp.asarray(hidden, jnp.float32),
         actor_input=jnp.asarray(x, jnp.float32), prev_actor_grad=prev_grad, has_prev_grad=jnp.array(has_prev),
-        epsilon=jnp.float32(0.05))
+        epsilon=jnp.float32(0.05), hidden_tangent=jnp.asarray(hidden_tangent, jnp.float32))
 
 
 def bits(x):
@@ -600,9 +604,10 @@ def test_perturbation_attacked_step_and_vmap_over_envs(net):
     ctx = ActingContext(
         logits=jnp.asarray(logits), avail=jnp.asarray(avail), q_values=jnp.asarray(q), mix_weight=jnp.ones(b),
         actor_params=params, actor_hidden=jnp.broadcast_to(hidden, (b, H)), actor_input=jnp.broadcast_to(x, (b, I)),
-        prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.05))
+        prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.05),
+        hidden_tangent=jnp.broadcast_to(HIDDEN_TANGENT, (b, H)))
     axes = ActingContext(logits=0, avail=0, q_values=0, mix_weight=0, actor_params=None, actor_hidden=0,
-                         actor_input=0, prev_actor_grad=None, has_prev_grad=None, epsilon=None)
+                         actor_input=0, prev_actor_grad=None, has_prev_grad=None, epsilon=None, hidden_tangent=0)
     kl_u = 1.5
     for method in ("random", "var", "jbased"):
         perturb = make_perturbation(AttackConfig(method=method, f_a=1.0, kl_u=kl_u))
@@ -703,3 +708,199 @@ def test_rnn_actor_fast_gram_equals_the_jacobian_gram():
         np.testing.assert_allclose(np.asarray(logit_gram(fast, params, h, x)),
                                    np.asarray(logit_gram(generic, params, h, x)), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.asarray(fast(params, h, x)), np.asarray(generic(params, h, x)))
+
+
+# ---------------------------------------------------------------------------------------
+# Exact recurrent gradient (attack.recurrent_grad, attack.var_gram).
+# ---------------------------------------------------------------------------------------
+
+
+class GRUWithStep:
+    """``gru_logits`` with the ``step`` method the exact variance-based Gram needs."""
+
+    def __call__(self, params, h, x):
+        return gru_step(params, h, x)[0]
+
+    def step(self, params, h, x):
+        return gru_step(params, h, x)
+
+
+def _history_log_pi_grads(params, xs, avail):
+    """Per-action ``jax.grad`` of ``log pi(a | x_0..x_T)`` through the whole scan (h_0 = 0).
+
+    Returns a pytree like ``params`` with a leading ``[A]`` axis (0 rows where unavailable)."""
+
+    def log_pi(p, a):
+        def step(h, x):
+            logits, h_new = gru_step(p, h, x)
+            return h_new, logits
+
+        _, logits = lax.scan(step, jnp.zeros(H), xs)
+        return masked_log_softmax(logits[-1], avail)[a]
+
+    grads = [jax.grad(log_pi)(params, a) for a in range(A)]
+    stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
+    return jax.tree.map(lambda g: jnp.where(avail.reshape((-1,) + (1,) * (g.ndim - 1)), g, 0.0), stacked)
+
+
+def _unit(raw, avail):
+    raw = np.where(avail, np.asarray(raw, np.float64), 0.0)
+    return raw / np.linalg.norm(raw)
+
+
+def _history_case(seed, steps=7):
+    key = jax.random.PRNGKey(seed)
+    kp, kx, kt = jax.random.split(key, 3)
+    params = gru_init(kp)
+    return params, jax.random.normal(kx, (steps, I)), tree_like(kt, params, 0.3)
+
+
+def test_hidden_tangent_carried_forward_equals_jvp_through_the_history():
+    """advance_hidden_tangent from zeros, then logit_jvp_through_history, equals the JVP of
+    the last logits of the whole scan along g_prev (exact_recurrent_gram's v)."""
+    from tram.attacks.directions import advance_hidden_tangent, logit_jvp, logit_jvp_through_history
+
+    params, xs, g_prev = _history_case(21)
+    h, h_dot = jnp.zeros(H), jnp.zeros(H)
+    exact = jax.jit(exact_recurrent_gram, static_argnums=0)
+    for t in range(xs.shape[0]):
+        v = logit_jvp_through_history(gru_logits, params, h, xs[t], g_prev, h_dot)
+        _, v_ref = exact(gru_step, params, jnp.zeros(H), xs[:t + 1], g_prev)
+        np.testing.assert_allclose(np.asarray(v), np.asarray(v_ref), rtol=1e-5, atol=1e-5)
+        h_dot = advance_hidden_tangent(gru_step, params, h, xs[t], g_prev, h_dot)
+        h = gru_step(params, h, xs[t])[1]
+    # zero hidden tangent: the one-step JVP exactly
+    np.testing.assert_allclose(np.asarray(logit_jvp_through_history(gru_logits, params, h, xs[0], g_prev,
+                                                                    jnp.zeros(H))),
+                               np.asarray(logit_jvp(gru_logits, params, h, xs[0], g_prev)), rtol=1e-6, atol=1e-7)
+
+
+def test_exact_jbased_direction_equals_jax_grad_through_the_whole_history():
+    """Direction from the carried tangent == normalize(-(pi * (U - <pi, U>))) with
+    U(a) = A(a) <g_prev, jax.grad log pi(a | tau_t)> through the whole history, to 1e-5,
+    at every step of a 7-step history; the one-step direction differs."""
+    from tram.attacks.directions import advance_hidden_tangent
+
+    params, xs, g_prev = _history_case(22)
+    rng = np.random.default_rng(22)
+    exact_dir = jax.jit(lambda k, c: jbased_direction(k, c, gru_logits, exact_history=True))
+    one_step_dir = jax.jit(lambda k, c: jbased_direction(k, c, gru_logits))
+    grads_fn = jax.jit(_history_log_pi_grads)
+    h, h_dot = jnp.zeros(H), jnp.zeros(H)
+    worst_cos = 1.0
+    for t in range(xs.shape[0]):
+        avail = rng.random(A) < 0.8
+        avail[:2] = True
+        q = rng.normal(size=A).astype(np.float32) * 2.0
+        logits = gru_logits(params, h, xs[t])
+        ctx = make_ctx(logits, avail, q, params, h, xs[t], g_prev, mix=0.6, hidden_tangent=h_dot)
+        d, fb = exact_dir(jax.random.PRNGKey(t), ctx)
+        assert not bool(fb)
+        # Reference by autodiff, in float64 from the float32 gradients.
+        pi = np.asarray(masked_softmax(logits, jnp.asarray(avail)), np.float64)
+        adv = 0.6 * (q - pi @ np.where(avail, q, 0.0))
+        dots = np.asarray(tree_dot_rows(grads_fn(params, xs[:t + 1], jnp.asarray(avail)), g_prev), np.float64)
+        u = np.where(avail, adv * dots, 0.0)
+        ref = _unit(-(pi * (u - pi @ u)), avail)
+        np.testing.assert_allclose(np.asarray(d, np.float64), ref, atol=1e-5)
+        d1, _ = one_step_dir(jax.random.PRNGKey(t), ctx)
+        worst_cos = min(worst_cos, float(np.asarray(d1, np.float64) @ ref))
+        h_dot = advance_hidden_tangent(gru_step, params, h, xs[t], g_prev, h_dot)
+        h = gru_step(params, h, xs[t])[1]
+    assert worst_cos < 0.999, "the history must matter in this case (else the test proves nothing)"
+
+
+def test_exact_var_gram_equals_the_jacobian_gram_through_the_history():
+    """history_gram on a padded window == exact_recurrent_gram's J J^T on the history, and
+    the exact variance-based direction == the one from per-action jax.grad through it."""
+    from tram.attacks.directions import history_gram
+
+    params, xs, g_prev = _history_case(23)
+    window = jnp.concatenate([xs, 5.0 * jnp.ones((3, I))])  # junk rows after the history: ignored
+    hg = jax.jit(history_gram, static_argnums=0)
+    exact = jax.jit(exact_recurrent_gram, static_argnums=0)
+    fn = GRUWithStep()
+    var_exact = jax.jit(lambda k, c: variance_direction(k, c, fn, exact_history=True))
+    grads_fn = jax.jit(_history_log_pi_grads)
+    rng = np.random.default_rng(23)
+    h = jnp.zeros(H)
+    for t in range(xs.shape[0]):
+        k_ref, _ = exact(gru_step, params, jnp.zeros(H), xs[:t + 1], None)
+        k_win = hg(gru_step, params, jnp.zeros(H), window, jnp.int32(t))
+        np.testing.assert_allclose(np.asarray(k_win), np.asarray(k_ref), rtol=1e-5, atol=1e-5)
+        avail = rng.random(A) < 0.8
+        avail[:2] = True
+        q = rng.normal(size=A).astype(np.float32) * 2.0
+        logits = gru_logits(params, h, xs[t])
+        ctx = make_ctx(logits, avail, q, params, h, xs[t], g_prev)._replace(history_inputs=window,
+                                                                             history_step=jnp.int32(t))
+        d, fb = var_exact(jax.random.PRNGKey(t), ctx)
+        assert not bool(fb)
+        pi = np.asarray(masked_softmax(logits, jnp.asarray(avail)), np.float64)
+        adv = q - pi @ np.where(avail, q, 0.0)
+        sq = np.asarray(tree_sq_rows(grads_fn(params, xs[:t + 1], jnp.asarray(avail))), np.float64)
+        w = np.where(avail, adv ** 2 * sq, 0.0)
+        np.testing.assert_allclose(np.asarray(d, np.float64), _unit(pi * (w - pi @ w), avail), atol=1e-5)
+        h = gru_step(params, h, xs[t])[1]
+
+
+def test_recurrent_options_dispatch_and_one_step_is_the_previous_pipeline(net):
+    """recurrent_grad / var_gram = one_step give, bit for bit, the direction assembled from
+    the one-step pieces (logit_jvp / logit_gram -> weights -> normalize), as tram computed
+    before these options; "exact" uses the carried fields, and says so when they are missing."""
+    from tram.attacks.directions import normalize_direction
+
+    params, hidden, x, g_prev = net
+    logits = np.array([0.3, -0.2, 1.0, 0.0, 0.5], np.float32)
+    avail = np.array([True, True, False, True, True])
+    q = np.array([1.0, 0.0, -1.0, 2.0, 0.5], np.float32)
+    ctx = make_ctx(logits, avail, q, params, hidden, x, g_prev, mix=0.8)
+    key = jax.random.PRNGKey(4)
+    k_dir, _ = jax.random.split(key)
+
+    @jax.jit
+    def old_pipeline(ctx):
+        av = ctx.avail
+        pi = masked_softmax(ctx.logits, av)
+        adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, av)
+        gram, v = logit_gram_and_jvp(gru_logits, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
+                                     ctx.prev_actor_grad)
+        d_var, _ = normalize_direction(k_dir, softmax_weight_gradient(pi, variance_weights(pi, adv, gram, av)), av)
+        d_j, _ = normalize_direction(k_dir, -softmax_weight_gradient(pi, jbased_weights(pi, adv, v, av)), av)
+        return d_var, d_j
+
+    ref_var, ref_j = old_pipeline(ctx)
+    for method, ref, kw in (("var", ref_var, {"var_gram": "one_step"}), ("jbased", ref_j, {"recurrent_grad": "one_step"})):
+        _, stats = _perturb_jit(AttackConfig(method=method, kl_u=1.0, **kw))(key, ctx._replace(hidden_tangent=None))
+        np.testing.assert_array_equal(bits(stats.delta_hat), bits(ref))
+    # The defaults: J-based exact (differs from one-step with a nonzero carried tangent), var one-step.
+    _, stats = _perturb_jit(AttackConfig(method="jbased", kl_u=1.0))(key, ctx)
+    assert np.max(np.abs(np.asarray(stats.delta_hat) - np.asarray(ref_j))) > 1e-3
+    _, stats = _perturb_jit(AttackConfig(method="var", kl_u=1.0))(key, ctx)
+    np.testing.assert_array_equal(bits(stats.delta_hat), bits(ref_var))
+    with pytest.raises(ValueError, match="attack.recurrent_grad='exact'.*hidden_tangent"):
+        _perturb_jit(AttackConfig(method="jbased"))(key, ctx._replace(hidden_tangent=None))
+    with pytest.raises(ValueError, match="attack.var_gram='exact'.*history_inputs"):
+        _perturb_jit(AttackConfig(method="var", var_gram="exact"))(key, ctx)
+    with pytest.raises(ValueError, match="attack.var_gram='exact'.*history_step"):
+        _perturb_jit(AttackConfig(method="var", var_gram="exact"))(key, ctx._replace(history_inputs=jnp.zeros((3, I))))
+    with pytest.raises(ValueError, match="attack.var_gram='exact' needs an actor_logits_fn with a step"):
+        _perturb_jit(AttackConfig(method="var", var_gram="exact"))(
+            key, ctx._replace(history_inputs=jnp.zeros((3, I)), history_step=jnp.int32(0)))
+
+
+@pytest.mark.parametrize("kwargs, field, shown", [
+    ({"recurrent_grad": "full"}, "attack.recurrent_grad", "'full'"),
+    ({"recurrent_grad": None}, "attack.recurrent_grad", "None"),
+    ({"var_gram": "Exact"}, "attack.var_gram", "'Exact'"),
+])
+def test_recurrent_options_errors_name_the_option_value_and_accepted(kwargs, field, shown):
+    with pytest.raises(ValueError) as err:
+        AttackConfig(**kwargs)
+    msg = str(err.value)
+    assert field in msg and shown in msg and "exact, one_step" in msg
+    cfg = AttackConfig()
+    assert (cfg.recurrent_grad, cfg.var_gram) == ("exact", "one_step")
+    assert AttackConfig(method="jbased").carries_hidden_tangent
+    assert not AttackConfig(method="jbased", recurrent_grad="one_step").carries_hidden_tangent
+    assert not AttackConfig(method="var").carries_history and AttackConfig(method="var", var_gram="exact").carries_history

@@ -34,7 +34,10 @@ TRAINING_FIELDS = ("env_steps", "test_return", "test_won", "train_return", "crit
 def test_budgets_without_perturbation_equal_the_clean_run(learner):
     state_c, clean = run("gather", learner, AttackConfig(method="none"))
     assert float(clean.updates[0, -1]) > 0
+    # J-based carries the hidden-state tangent (recurrent_grad "exact", the default); the
+    # exact var Gram carries the episode's inputs: neither may change the run.
     for attack in (AttackConfig(method="var", f_a=0.0, kl_u=6.0), AttackConfig(method="jbased", f_a=1.0, kl_u=0.0),
+                   AttackConfig(method="var", f_a=1.0, kl_u=0.0, var_gram="exact"),
                    AttackConfig(method="random", f_a=0.0, kl_u=6.0)):
         state_a, attacked = run("gather", learner, attack)
         for f in TRAINING_FIELDS:
@@ -87,3 +90,106 @@ def test_3m_var_and_j_below_random_and_random_near_clean():
     print(f"DOP on 3m, 5 seeds, 1M steps: final test win rate by method {final}")
     assert final["var"] < final["random"] and final["jbased"] < final["random"], final
     assert final["random"] > final["none"] - 0.2, final
+
+
+# ---------------------------------------------------------------------------------------
+# The exact recurrent gradient inside the rollout (attack.recurrent_grad, attack.var_gram).
+# ---------------------------------------------------------------------------------------
+
+
+def _history_reference(actor, params, xs, avail, q, mix, g_prev, method):
+    """The direction at the last step of ``xs [T, I]`` from per-action ``jax.grad`` through
+    the whole history (hidden state zeros before ``xs[0]``), in float64 from float32 grads.
+    Returns ``(delta_hat [A], pi [A])``."""
+    from tram.attacks.budget import masked_log_softmax
+
+    def log_pi(p, a):
+        def step(h, x):
+            logits, h_new = actor.apply(p, h, x)
+            return h_new, logits
+
+        _, logits = jax.lax.scan(step, jnp.zeros(actor.hidden), xs)
+        return masked_log_softmax(logits[-1], avail)[a], logits[-1]
+
+    num_actions = avail.shape[0]
+    grads, logits = jax.jit(jax.vmap(jax.grad(log_pi, has_aux=True), in_axes=(None, 0)))(
+        params, jnp.arange(num_actions))
+    flat = np.concatenate([np.reshape(np.asarray(g, np.float64), (num_actions, -1)) for g in jax.tree.leaves(grads)],
+                          axis=1)  # [A, P]
+    av = np.asarray(avail)
+    z = np.where(av, np.asarray(logits[0], np.float64), -np.inf)
+    pi = np.exp(z - z.max())
+    pi /= pi.sum()
+    adv = np.where(av, mix * (q - pi @ np.where(av, q, 0.0)), 0.0)
+    if method == "jbased":
+        gp = np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(g_prev)])
+        u = np.where(av, adv * (flat @ gp), 0.0)
+        raw = -(pi * (u - pi @ u))
+    else:
+        w = np.where(av, adv ** 2 * np.sum(flat ** 2, axis=1), 0.0)
+        raw = pi * (w - pi @ w)
+    return raw / np.linalg.norm(raw), pi
+
+
+@pytest.mark.parametrize("method, option", [("jbased", {"recurrent_grad": "exact"}),
+                                            ("var", {"var_gram": "exact"})])
+def test_rollout_carries_the_exact_recurrent_gradient(method, option):
+    """The direction the rollout's perturbation computed at a sampled step of env 0 (the
+    Fig. 4 sample) equals the one from jax.grad through that episode's whole history, which
+    the test rebuilds from the stored observations and actions."""
+    from tram.attacks.perturb import make_perturbation
+    from tram.envs.registry import make_env
+    from tram.learners.actor import RNNActor, actor_inputs
+    from tram.learners.rollout import AttackHook, collect_episodes, evaluate_greedy
+
+    env = make_env("spread")
+    spec = env.spec
+    k, a = 1, spec.num_actions
+    actor = RNNActor(num_actions=a, hidden=16)
+    din = spec.obs_dim + a + spec.num_agents
+    params = actor.init(jax.random.PRNGKey(0), jnp.zeros((1, 16)), jnp.zeros((1, din)))
+    g_prev = jax.tree.map(lambda p: 0.5 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape), params)
+
+    def q_fn(state, obs, clean, last):
+        del obs, clean, last
+        return jnp.sin(1.3 * jnp.arange(a) + 2.0 * jnp.sum(state)), jnp.float32(0.7)
+
+    cfg = AttackConfig(method=method, f_a=1.0, kl_u=2.0, **option)
+    hook = AttackHook(perturb=make_perturbation(cfg), agent=k, q_fn=q_fn, prev_actor_grad=g_prev,
+                      has_prev_grad=jnp.bool_(True), carry_hidden_tangent=cfg.carries_hidden_tangent,
+                      carry_history=cfg.carries_history)
+    roll = jax.jit(lambda key: collect_episodes(env, actor, params, key, jnp.float32(0.1), 2, hook))
+    checked = 0
+    for seed in range(5):
+        eps, rs = roll(jax.random.PRNGKey(seed))
+        if not bool(rs.sample.valid):
+            continue
+        length = int(eps.lengths[0])
+        last = np.concatenate([[-1], np.asarray(eps.actions[0, :length - 1, k])])
+        xs = actor_inputs(eps.obs[0, :length], jnp.asarray(last[:, None] * np.ones((1, spec.num_agents), int)), a)
+        xs = xs[:, k]
+        # find the sampled step by its clean policy
+        h, match = jnp.zeros(16), None
+        for t in range(length):
+            logits, h = actor.apply(params, h, xs[t])
+            pi_t = np.asarray(jax.nn.softmax(jnp.where(eps.avail[0, t, k], logits, -jnp.inf)))
+            if np.allclose(pi_t, np.asarray(rs.sample.pi), atol=1e-6):
+                match = t
+                break
+        assert match is not None
+        q, mix = q_fn(eps.state[0, match], None, None, None)
+        ref, pi = _history_reference(actor, params, xs[:match + 1], eps.avail[0, match, k],
+                                     np.asarray(q, np.float64), float(mix), g_prev, method)
+        np.testing.assert_allclose(pi, np.asarray(rs.sample.pi), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(rs.sample.delta_hat, np.float64), ref, atol=1e-5,
+                                   err_msg=f"seed {seed}, step {match}")
+        checked += 1
+    assert checked >= 3
+    # Greedy evaluation with the attack at test time traces and runs with the carried fields;
+    # a zero budget reproduces the clean evaluation.
+    idle = hook._replace(perturb=make_perturbation(cfg.replace(kl_u=0.0)))
+    ev_clean = jax.jit(lambda: evaluate_greedy(env, actor, params, jax.random.PRNGKey(1), 4))()
+    ev_idle = jax.jit(lambda: evaluate_greedy(env, actor, params, jax.random.PRNGKey(1), 4, idle))()
+    np.testing.assert_array_equal(np.asarray(ev_idle.episode_return), np.asarray(ev_clean.episode_return))
+    ev = jax.jit(lambda: evaluate_greedy(env, actor, params, jax.random.PRNGKey(1), 4, hook))()
+    assert np.all(np.isfinite(np.asarray(ev.episode_return)))

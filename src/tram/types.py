@@ -38,6 +38,19 @@ class ActingContext(NamedTuple):
             zeros before the first update.
         has_prev_grad: ``[]`` bool, False before the first actor update.
         epsilon: ``[]`` the learner's exploration floor at this step.
+        hidden_tangent: ``[H]`` or None: the directional derivative of ``actor_hidden``
+            w.r.t. the actor parameters along ``prev_actor_grad``, through the episode so
+            far (``d h_{t-1} / d theta . g_prev``; zeros at the episode start). The rollout
+            carries it (forward mode, one JVP of the actor step per acting step) when the
+            exact J-based direction needs it (``attack.recurrent_grad = "exact"``); None
+            otherwise.
+        history_inputs: ``[L, I]`` or None: the poisoned agent's actor inputs of this
+            episode so far, ``history_inputs[t] = `` the input of step ``t`` for
+            ``t <= history_step`` (later rows are unused); the hidden state before row 0
+            is zeros. Carried only for the exact variance-based Gram
+            (``attack.var_gram = "exact"``); None otherwise.
+        history_step: ``[]`` int32 or None: the index of the current step in
+            ``history_inputs`` (``history_inputs[history_step] == actor_input``).
     """
 
     logits: jax.Array
@@ -50,6 +63,9 @@ class ActingContext(NamedTuple):
     prev_actor_grad: Params
     has_prev_grad: jax.Array
     epsilon: jax.Array
+    hidden_tangent: Any = None
+    history_inputs: Any = None
+    history_step: Any = None
 
 
 class AttackStepStats(NamedTuple):

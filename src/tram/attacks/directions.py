@@ -31,11 +31,29 @@ normalisation.
 and ``<g_prev, g(a)> = (e_a - pi)^T v`` with ``v = J_l g_prev`` (one JVP): per-action
 parameter gradients are never formed (:func:`logit_gram`, :func:`logit_jvp`).
 
-Recurrent actors -- our approximation (the paper is silent): ``J_l`` is the Jacobian of
-the CURRENT step's logits w.r.t. the parameters with the hidden state entering the step
-held constant (no back-propagation through the episode so far). The exact quantity, which
-back-propagates through the whole history, is :func:`exact_recurrent_gram`; the two agree
-for a history of length 1 and differ in general (the tests check both facts).
+Recurrent actors. The paper's ``g(a) = grad_theta log pi(a | tau_t)`` is the gradient
+through the whole history ``tau_t`` (the hidden state entering step ``t`` is itself a
+function of ``theta``), as the learner's own loss back-propagates it. Two ways to compute
+each direction's ``J_l``, chosen by ``AttackConfig`` (``docs/recurrent-gradient.md``):
+
+* one-step (our earlier approximation; the paper is silent): ``J_l`` is the Jacobian of
+  the CURRENT step's logits with the hidden state entering the step held constant
+  (:func:`logit_gram`, :func:`logit_jvp`). Exact for a history of length 1 only.
+* exact, J-based (``attack.recurrent_grad = "exact"``, the default):
+  ``<g_prev, g(a)> = (e_a - pi)^T v`` needs only the directional derivative
+  ``v = d l_t / d theta . g_prev``, which forward mode carries through the episode: the
+  rollout keeps the tangent ``h_dot_{t-1} = d h_{t-1} / d theta . g_prev`` (zeros at the
+  episode start, :func:`advance_hidden_tangent` per step, ``g_prev`` fixed between actor
+  updates), and :func:`logit_jvp_through_history` is one JVP of the step in
+  ``(theta, h_{t-1})`` along ``(g_prev, h_dot_{t-1})``. Exact, at the cost of about two
+  JVPs of one agent's actor step per acting step.
+* exact, variance-based (``attack.var_gram = "exact"``; default ``"one_step"``): ``K``
+  needs all ``A`` per-action gradients through the history, so the rollout keeps the
+  episode's inputs and :func:`history_gram` back-propagates through them (``A`` reverse
+  passes over an ``episode_limit``-step scan per acting step: slow).
+
+:func:`exact_recurrent_gram` is the brute-force reference (a scan over an explicit
+history); the tests check both exact forms against it and against ``jax.grad``.
 
 Numerics and fallbacks (choices where the paper is silent):
 
@@ -84,7 +102,16 @@ __all__ = [
     "jbased_direction",
     "exact_grad_log_pi",
     "exact_recurrent_gram",
+    "ActorStepFn",
+    "actor_step_of",
+    "logit_jvp_through_history",
+    "advance_hidden_tangent",
+    "history_gram",
 ]
+
+ActorStepFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+"""``(params, hidden [H], input [I]) -> (logits [A], hidden' [H])``: one full step of the
+recurrent actor of one agent."""
 
 ZERO_TOL = 1e-30
 """An unnormalised direction whose largest |entry| is <= this counts as zero (fallback).
@@ -229,6 +256,117 @@ def logit_gram_and_jvp(actor_logits_fn: ActorLogitsFn, params: Params, hidden: j
             logit_jvp(actor_logits_fn, params, hidden, actor_input, tangent))
 
 
+def actor_step_of(actor_logits_fn: ActorLogitsFn) -> ActorStepFn:
+    """The full actor step ``(params, hidden, input) -> (logits, hidden')`` behind ``actor_logits_fn``.
+
+    The exact variance-based Gram needs the hidden-state update as well as the logits; an
+    ``actor_logits_fn`` supplies it with a ``step`` method (e.g.
+    :class:`tram.learners.actor.RNNActorLogits`).
+
+    Raises:
+        ValueError: ``actor_logits_fn`` has no ``step`` method.
+    """
+    step = getattr(actor_logits_fn, "step", None)
+    if step is None:
+        raise ValueError("attack.var_gram='exact' needs an actor_logits_fn with a step(params, hidden, input) -> "
+                         f"(logits, hidden') method (e.g. RNNActorLogits); got {actor_logits_fn!r}")
+    return step
+
+
+def _cast_like(tangent: Params, params: Params) -> Params:
+    return jax.tree.map(lambda t, p: jnp.asarray(t, jnp.result_type(p)), tangent, params)
+
+
+def logit_jvp_through_history(actor_logits_fn: ActorLogitsFn, params: Params, hidden: jax.Array,
+                              actor_input: jax.Array, tangent: Params, hidden_tangent: jax.Array) -> jax.Array:
+    """Exact ``v = d l_t / d theta . tangent`` of a recurrent actor, through the whole history.
+
+    ``l_t = f(theta, h_{t-1}(theta), x_t)``, so by the chain rule
+    ``v = (d f / d theta) tangent + (d f / d h) h_dot_{t-1}``: one JVP of ``f`` in
+    ``(theta, h)`` along ``(tangent, hidden_tangent)``, where ``hidden_tangent`` is
+    ``h_dot_{t-1} = d h_{t-1} / d theta . tangent`` carried by :func:`advance_hidden_tangent`
+    from zeros at the episode start. With ``hidden_tangent = 0`` this is :func:`logit_jvp`.
+
+    Args:
+        actor_logits_fn: ``(params, hidden [H], actor_input [I]) -> logits [A]``.
+        params: actor parameters (pytree).
+        hidden: ``[H]`` recurrent state before this step.
+        actor_input: ``[I]`` actor input at this step.
+        tangent: pytree like ``params`` (``g_prev``); cast to the parameters' dtypes.
+        hidden_tangent: ``[H]`` ``h_dot_{t-1}``.
+
+    Returns:
+        ``[A]`` float32.
+    """
+    x = lax.stop_gradient(actor_input)
+    f = lambda p, h: actor_logits_fn(p, h, x)  # noqa: E731
+    _, v = jax.jvp(f, (params, hidden), (_cast_like(tangent, params), jnp.asarray(hidden_tangent, hidden.dtype)))
+    return v.astype(jnp.float32)
+
+
+def advance_hidden_tangent(actor_step_fn: ActorStepFn, params: Params, hidden: jax.Array, actor_input: jax.Array,
+                           tangent: Params, hidden_tangent: jax.Array) -> jax.Array:
+    """The hidden state's tangent after one step: ``h_dot_t = d h_t / d theta . tangent``.
+
+    ``h_t = cell(theta, h_{t-1}, x_t)``, so ``h_dot_t = (d cell / d theta) tangent +
+    (d cell / d h) h_dot_{t-1}`` (forward mode; one JVP of the actor step). Start from
+    ``h_dot = 0`` at the episode start (the initial hidden state does not depend on
+    ``theta``) and keep ``tangent`` and ``params`` fixed along the episode.
+
+    Args:
+        actor_step_fn: ``(params, hidden [H], input [I]) -> (logits [A], hidden' [H])``.
+        params, hidden, actor_input, tangent, hidden_tangent: as in
+            :func:`logit_jvp_through_history`.
+
+    Returns:
+        ``[H]``, the dtype of ``hidden``.
+    """
+    x = lax.stop_gradient(actor_input)
+    f = lambda p, h: actor_step_fn(p, h, x)[1]  # noqa: E731
+    _, h_dot = jax.jvp(f, (params, hidden), (_cast_like(tangent, params), jnp.asarray(hidden_tangent, hidden.dtype)))
+    return h_dot.astype(hidden.dtype)
+
+
+def history_gram(actor_step_fn: ActorStepFn, params: Params, hidden0: jax.Array, inputs: jax.Array,
+                 step: jax.Array) -> jax.Array:
+    """Exact ``K = J J^T`` of step ``step``'s logits, back-propagated through the history.
+
+    The logits ``l_step(theta) = out(theta, h_{step-1}(theta), x_step)`` with ``h`` run
+    from ``hidden0`` over ``inputs[0..step]`` are differentiated w.r.t. all parameters
+    through every step; ``inputs`` is a fixed-length window (rows after ``step`` are
+    ignored), so one compiled function serves every step. Equals
+    :func:`exact_recurrent_gram` on ``inputs[:step + 1]``; its cost is ``A`` reverse passes
+    over the whole window (``L`` actor steps each) plus the ``[A, P]`` Jacobian.
+
+    Args:
+        actor_step_fn: ``(params, hidden [H], input [I]) -> (logits [A], hidden' [H])``.
+        params: actor parameters (pytree).
+        hidden0: ``[H]`` the state before ``inputs[0]`` (not differentiated; zeros at the
+            rollout's episode start).
+        inputs: ``[L, I]`` the episode's inputs (``x_0 .. x_step`` valid).
+        step: ``[]`` int, ``0 <= step < L``.
+
+    Returns:
+        ``[A, A]`` symmetric positive semi-definite, float32.
+    """
+    inputs = lax.stop_gradient(inputs)
+    step = jnp.asarray(step, jnp.int32)
+
+    def logits_at_step(p):
+        def body(h, ix):
+            i, x = ix
+            h_new = actor_step_fn(p, h, x)[1]
+            return jnp.where(i < step, h_new, h), None
+
+        h_before, _ = lax.scan(body, lax.stop_gradient(hidden0), (jnp.arange(inputs.shape[0]), inputs))
+        return actor_step_fn(p, h_before, inputs[step])[0]
+
+    logits, vjp = jax.vjp(logits_at_step, params)
+    num_actions = logits.shape[-1]
+    (jac,) = jax.vmap(vjp)(jnp.eye(num_actions, dtype=logits.dtype))
+    return _gram_from_jacobian(jac, num_actions)
+
+
 def _residual_matrix(pi: jax.Array) -> jax.Array:
     """Rows ``e_a - pi`` (``[A, A]``) with the diagonal ``1 - pi(a)`` as ``sum_{b != a} pi(b)``."""
     num_actions = pi.shape[-1]
@@ -326,18 +464,29 @@ def normalize_direction(key: jax.Array, raw: jax.Array, avail: jax.Array,
     return jnp.where(ok, y, random_direction(key, avail)), ~ok
 
 
-def variance_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
-                       ) -> tuple[jax.Array, jax.Array]:
+def _require(value: Any, option: str, field: str) -> Any:
+    if value is None:
+        raise ValueError(f"{option} needs the rollout to carry ActingContext.{field} (AttackHook with the "
+                         f"matching carry flag, from AttackConfig); got ActingContext.{field}=None")
+    return value
+
+
+def variance_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn,
+                       exact_history: bool = False) -> tuple[jax.Array, jax.Array]:
     """Variance-based direction (Sec. 3.2): ascend ``tr(R)`` of Eq. 6.
 
     ``delta_hat = normalize(pi * (W - <pi, W>))``, ``W(a) = A_k(a)^2 (e_a - pi)^T K (e_a - pi)``,
-    ``K`` from :func:`logit_gram` (one-step recurrent approximation).
+    ``K`` from :func:`logit_gram` (one-step, ``exact_history`` False: the default of
+    ``attack.var_gram``) or from :func:`history_gram` through the episode's inputs
+    (``exact_history`` True, ``attack.var_gram = "exact"``; needs ``ctx.history_inputs``,
+    ``ctx.history_step`` and an ``actor_logits_fn`` with a ``step`` method).
 
     Args:
         key: PRNG key (used only by the fallback).
         ctx: the acting context of one environment (``logits``, ``avail``, ``q_values``,
             ``mix_weight``, ``actor_params``, ``actor_hidden``, ``actor_input``).
         actor_logits_fn: ``(params, hidden, input) -> logits [A]``.
+        exact_history: back-propagate through the history (see above).
 
     Returns:
         ``(delta_hat [A], fallback [] bool)``; see :func:`normalize_direction`.
@@ -345,25 +494,36 @@ def variance_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: Acto
     avail = ctx.avail.astype(bool)
     pi = masked_softmax(ctx.logits, avail)
     adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
-    gram = logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
+    if exact_history:
+        inputs = _require(ctx.history_inputs, "attack.var_gram='exact'", "history_inputs")
+        step = _require(ctx.history_step, "attack.var_gram='exact'", "history_step")
+        gram = history_gram(actor_step_of(actor_logits_fn), ctx.actor_params, jnp.zeros_like(ctx.actor_hidden),
+                            inputs, step)
+    else:
+        gram = logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
     raw = softmax_weight_gradient(pi, variance_weights(pi, adv, gram, avail))
     return normalize_direction(key, raw, avail)
 
 
-def jbased_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
-                     ) -> tuple[jax.Array, jax.Array]:
+def jbased_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn,
+                     exact_history: bool = False) -> tuple[jax.Array, jax.Array]:
     """J-based direction (Sec. 3.3): descend ``J(theta^{t+1})`` of Eq. 13.
 
     ``delta_hat = normalize(-(pi * (U - <pi, U>)))``, ``U(a) = A_k(a) (e_a - pi)^T v``,
-    ``v = J_l g_prev`` from :func:`logit_jvp` with ``g_prev = ctx.prev_actor_grad`` (the
-    previous actor update's ascent direction of J). Before the first update
-    (``ctx.has_prev_grad`` False) ``g_prev = 0`` and the random direction is used.
+    ``v = J_l g_prev`` with ``g_prev = ctx.prev_actor_grad`` (the previous actor update's
+    ascent direction of J): one-step from :func:`logit_jvp` (``exact_history`` False,
+    ``attack.recurrent_grad = "one_step"``), or exact through the history from
+    :func:`logit_jvp_through_history` with the carried ``ctx.hidden_tangent``
+    (``exact_history`` True, ``attack.recurrent_grad = "exact"``, the default). Before the
+    first update (``ctx.has_prev_grad`` False) ``g_prev = 0`` and the random direction is
+    used.
 
     Args:
         key: PRNG key (used only by the fallback).
         ctx: the acting context of one environment (also ``prev_actor_grad``,
-            ``has_prev_grad``).
+            ``has_prev_grad``; ``hidden_tangent`` if ``exact_history``).
         actor_logits_fn: ``(params, hidden, input) -> logits [A]``.
+        exact_history: differentiate through the history (see above).
 
     Returns:
         ``(delta_hat [A], fallback [] bool)``; see :func:`normalize_direction`.
@@ -371,7 +531,12 @@ def jbased_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorL
     avail = ctx.avail.astype(bool)
     pi = masked_softmax(ctx.logits, avail)
     adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
-    v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
+    if exact_history:
+        h_dot = _require(ctx.hidden_tangent, "attack.recurrent_grad='exact'", "hidden_tangent")
+        v = logit_jvp_through_history(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
+                                      ctx.prev_actor_grad, h_dot)
+    else:
+        v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
     raw = -softmax_weight_gradient(pi, jbased_weights(pi, adv, v, avail))
     return normalize_direction(key, raw, avail, force_fallback=~jnp.asarray(ctx.has_prev_grad, bool))
 

@@ -52,6 +52,9 @@ ATTACK_METHODS = ("none", "random", "var", "jbased", "worst_q")
 ATTACK_AT = ("test", "train", "both")
 """Accepted values of :attr:`AttackConfig.attack_at`."""
 
+RECURRENT_GRADS = ("exact", "one_step")
+"""Accepted values of :attr:`AttackConfig.recurrent_grad` and :attr:`AttackConfig.var_gram`."""
+
 _MAX_BSN1 = 126
 
 
@@ -83,6 +86,19 @@ class AttackConfig:
     episodes only; training is untouched) or ``both``."""
     attack_start: int = 0
     """Env step from which the attack acts (>= 0; see :mod:`tram.attacks.deploy`)."""
+    recurrent_grad: str = "exact"
+    """How the J-based direction (method ``jbased``) differentiates the recurrent actor:
+    ``exact`` (default; the paper's ``grad_theta log pi(a | tau_t)`` through the whole
+    history, as the learner's loss computes it: the rollout carries the hidden state's
+    tangent along ``g_prev`` in forward mode) or ``one_step`` (the hidden state entering
+    the step held constant; tram's behaviour before this option). Other methods ignore it.
+    See :mod:`tram.attacks.directions` and ``docs/recurrent-gradient.md``."""
+    var_gram: str = "one_step"
+    """How the variance-based direction (method ``var``) builds its Gram matrix ``K``:
+    ``one_step`` (default; hidden state entering the step held constant) or ``exact``
+    (per-action gradients back-propagated through the episode so far; the rollout keeps
+    the poisoned agent's inputs; much slower). Other methods ignore it. See
+    ``docs/recurrent-gradient.md`` for the measured difference."""
 
     def __post_init__(self):
         from tram.validation import ConfigError, real_number, whole_number
@@ -110,6 +126,21 @@ class AttackConfig:
             raise ConfigError(f"attack.attack_at: {self.attack_at!r} is not accepted; accepted: {', '.join(ATTACK_AT)}",
                               "attack.attack_at")
         object.__setattr__(self, "attack_start", whole_number(self.attack_start, "attack.attack_start", lo=0))
+        for name in ("recurrent_grad", "var_gram"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in RECURRENT_GRADS:
+                raise ConfigError(f"attack.{name}: {v!r} is not accepted; accepted: {', '.join(RECURRENT_GRADS)}",
+                                  f"attack.{name}")
+
+    @property
+    def carries_hidden_tangent(self) -> bool:
+        """True if the rollout must carry ``ActingContext.hidden_tangent`` (exact J-based)."""
+        return self.method == "jbased" and self.recurrent_grad == "exact"
+
+    @property
+    def carries_history(self) -> bool:
+        """True if the rollout must carry ``ActingContext.history_inputs`` (exact var Gram)."""
+        return self.method == "var" and self.var_gram == "exact"
 
     @property
     def is_identity(self) -> bool:
@@ -188,6 +219,12 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
     otherwise accept a tiny beta whose KL rounds to 0). The direction's randomness and the
     Bernoulli draw use independent halves of ``key``.
 
+    Recurrent gradient: with ``cfg.recurrent_grad == "exact"`` (method ``jbased``) ``ctx``
+    must carry ``hidden_tangent``, with ``cfg.var_gram == "exact"`` (method ``var``)
+    ``history_inputs`` and ``history_step``; the rollout does so when its ``AttackHook``
+    is built with ``cfg.carries_hidden_tangent`` / ``cfg.carries_history`` (a missing
+    field is an error at trace time, naming the option).
+
     Args:
         cfg: a validated :class:`AttackConfig`.
 
@@ -200,6 +237,7 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
         return make_worst_q_perturbation(cfg)
     method, f_a, kl_u, bsn1, bsn2 = cfg.method, cfg.f_a, cfg.kl_u, cfg.bsn1, cfg.bsn2
     identity_output = cfg.is_identity
+    var_exact, j_exact = cfg.var_gram == "exact", cfg.recurrent_grad == "exact"
 
     def perturb(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
                 ) -> tuple[jax.Array, AttackStepStats]:
@@ -218,9 +256,9 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
         if method == "random":
             delta_hat, fallback = random_direction(k_dir, avail), n_avail < 2
         elif method == "var":
-            delta_hat, fallback = variance_direction(k_dir, ctx, actor_logits_fn)
+            delta_hat, fallback = variance_direction(k_dir, ctx, actor_logits_fn, exact_history=var_exact)
         else:  # "jbased"
-            delta_hat, fallback = jbased_direction(k_dir, ctx, actor_logits_fn)
+            delta_hat, fallback = jbased_direction(k_dir, ctx, actor_logits_fn, exact_history=j_exact)
 
         has_direction = jnp.any(delta_hat != 0)
         if kl_u == 0.0:

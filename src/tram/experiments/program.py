@@ -188,7 +188,9 @@ def make_train(config) -> TrainProgram:
         p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
             perturb, env_steps >= attack_cfg.attack_start)
         return AttackHook(perturb=p, agent=agent, q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
-                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad)
+                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad,
+                          carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
+                          carry_history=attack_cfg.carries_history)
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)

@@ -131,7 +131,8 @@ class RNNActorLogits:
     ``A`` backward passes through the activations only (taps added to each layer's output),
     never materialising the ``[A, P]`` parameter Jacobian. Same one-step approximation (the
     hidden state before the step is held constant); equal to the generic Jacobian Gram up to
-    float rounding (tests/test_attack_math.py).
+    float rounding (tests/test_attack_math.py). :meth:`step` exposes the hidden-state update
+    too, for the exact (through-the-history) forms.
     """
 
     def __init__(self, actor: RNNActor):
@@ -139,6 +140,11 @@ class RNNActorLogits:
 
     def __call__(self, params, hidden: jax.Array, x: jax.Array) -> jax.Array:
         return self.actor.apply(params, hidden, x)[0]
+
+    def step(self, params, hidden: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The full step ``(logits [A], hidden' [H])`` (for gradients through the history,
+        :func:`tram.attacks.directions.history_gram` and ``advance_hidden_tangent``)."""
+        return self.actor.apply(params, hidden, x)
 
     def gram(self, params, hidden: jax.Array, x: jax.Array) -> jax.Array:
         """``K = J J^T`` (``[A, A]``) of the logits' Jacobian w.r.t. all actor parameters."""

@@ -17,6 +17,10 @@ The acting step, per environment and step ``t``:
    inputs and the previous actor gradient; then ``actions = sample(key_act, ...)`` with
    the SAME key, so the teammates' actions are the clean ones and an identity
    perturbation reproduces the clean run exactly;
+   for the exact recurrent gradient the rollout also carries, per environment, the
+   poisoned agent's hidden-state tangent along the previous actor gradient (exact J-based
+   direction: zeros at the episode start, one JVP of the actor step per acting step) or
+   its inputs so far (exact variance-based Gram); see ``AttackHook``;
 4. the learner's epsilon floor is applied after the perturbation (the attack replaces the
    softmax part only), and the learner later trains on the executed actions with its own
    policy, unchanged.
@@ -29,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tram.attacks.directions import advance_hidden_tangent
 from tram.envs.base import TramEnv
 from tram.learners.actor import RNNActor, RNNActorLogits, actor_inputs, floored_policy, greedy_actions, sample_actions
 from tram.learners.episodes import Episodes, empty_episodes
@@ -48,13 +53,59 @@ AttackQFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Arr
 
 
 class AttackHook(NamedTuple):
-    """What the rollout needs to perturb one agent's sampling (built inside the learner)."""
+    """What the rollout needs to perturb one agent's sampling (built inside the learner).
+
+    ``carry_hidden_tangent`` (static bool; ``AttackConfig.carries_hidden_tangent``): carry
+    ``d h / d theta . prev_actor_grad`` of the poisoned agent through each episode (zeros at
+    its start) and pass it as ``ActingContext.hidden_tangent`` (the exact J-based
+    direction). ``carry_history`` (static bool; ``AttackConfig.carries_history``): keep the
+    poisoned agent's actor inputs of the episode (``[episode_limit + 1, I]`` per
+    environment) and pass them as ``ActingContext.history_inputs`` / ``history_step`` (the
+    exact variance-based Gram). Both default to False (nothing extra is computed)."""
 
     perturb: PolicyPerturbation
     agent: int
     q_fn: AttackQFn
     prev_actor_grad: Any
     has_prev_grad: jax.Array
+    carry_hidden_tangent: bool = False
+    carry_history: bool = False
+
+
+def _recurrent_carry0(attack: "AttackHook | None", batch: int, hidden: int, limit: int, input_dim: int):
+    """Initial ``(hidden_tangent [B, H] | None, history [B, limit + 1, I] | None)``."""
+    if attack is None:
+        return None, None
+    h_dot = jnp.zeros((batch, hidden), jnp.float32) if attack.carry_hidden_tangent else None
+    hist = jnp.zeros((batch, limit + 1, input_dim), jnp.float32) if attack.carry_history else None
+    return h_dot, hist
+
+
+def _recurrent_extras(attack: "AttackHook", actor: RNNActor, actor_params: Any, h_dot, hist, t: jax.Array,
+                      h_k: jax.Array, x_k: jax.Array, limit: int):
+    """The per-env ``ActingContext`` extras of this step and the carries of the next.
+
+    Args:
+        h_dot: ``[B, H]`` tangent of the poisoned agent's hidden state before this step, or None.
+        hist: ``[B, limit + 1, I]`` its inputs of the earlier steps, or None.
+        t: ``[]`` int32 step index; h_k ``[B, H]`` hidden state before the step; x_k ``[B, I]`` input.
+
+    Returns:
+        ``(extras, h_dot_next, hist_next)``: ``extras`` a dict of ``ActingContext`` fields
+        with a leading ``[B]`` axis (None where not carried).
+    """
+    extras = {"hidden_tangent": h_dot, "history_inputs": None, "history_step": None}
+    h_dot_next, hist_next = None, None
+    if hist is not None:
+        slot = jnp.minimum(t, limit)
+        hist_next = hist.at[:, slot].set(x_k)
+        extras["history_inputs"] = hist_next
+        extras["history_step"] = jnp.full((x_k.shape[0],), slot, jnp.int32)
+    if h_dot is not None:
+        step_fn = RNNActorLogits(actor).step
+        h_dot_next = jax.vmap(lambda h, x, hd: advance_hidden_tangent(
+            step_fn, actor_params, h, x, attack.prev_actor_grad, hd))(h_k, x_k, h_dot)
+    return extras, h_dot_next, hist_next
 
 
 class AttackSample(NamedTuple):
@@ -138,6 +189,7 @@ def collect_episodes(
     h0 = jnp.zeros((num_envs, n, actor.hidden), jnp.float32)
     last0 = jnp.full((num_envs, n), -1, jnp.int32)
     active0 = jnp.ones((num_envs,), bool)
+    h_dot0, hist0 = _recurrent_carry0(attack, num_envs, actor.hidden, limit, spec.obs_dim + a + n)
 
     class Carry(NamedTuple):
         t: jax.Array
@@ -156,6 +208,8 @@ def collect_episodes(
         single_steps: jax.Array
         kl_max: jax.Array
         sample: AttackSample
+        h_dot: Any  # [B, H] or None (AttackHook.carry_hidden_tangent)
+        hist: Any  # [B, limit + 1, I] or None (AttackHook.carry_history)
 
     def cond(c: Carry):
         return (c.t <= limit) & jnp.any(c.active | c.pending)
@@ -167,22 +221,25 @@ def collect_episodes(
         actions = select(k_act, logits, c.ts.avail, epsilon)
         attack_sum, attack_steps, single_steps, kl_max = c.attack_sum, c.attack_steps, c.single_steps, c.kl_max
         sample = c.sample
+        h_dot, hist = c.h_dot, c.hist
         if attack is not None:
             k = attack.agent
             q, mix = jax.vmap(attack.q_fn)(c.ts.state, c.ts.obs, actions, c.last)
+            extras, h_dot, hist = _recurrent_extras(attack, actor, actor_params, c.h_dot, c.hist, c.t, c.h[:, k],
+                                                    x[:, k], limit)
 
-            def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b):
+            def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b, extras_b):
                 ctx = ActingContext(
                     logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b,
                     actor_params=actor_params, actor_hidden=h_b, actor_input=x_b,
                     prev_actor_grad=attack.prev_actor_grad, has_prev_grad=attack.has_prev_grad,
-                    epsilon=epsilon,
+                    epsilon=epsilon, **extras_b,
                 )
                 return attack.perturb(key_b, ctx, _one_step_logits(actor))
 
             new_logits_k, stats = jax.vmap(one_env)(
                 jax.random.split(k_att, num_envs), logits[:, k], c.ts.avail[:, k], q, mix,
-                c.h[:, k], x[:, k],
+                c.h[:, k], x[:, k], extras,
             )
             logits_att = logits.at[:, k].set(new_logits_k)
             actions = select(k_act, logits_att, c.ts.avail, epsilon)
@@ -232,7 +289,7 @@ def collect_episodes(
             t=t + 1, key=key, env_state=env_state, ts=ts, h=h_new,
             last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
             pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
-            single_steps=single_steps, kl_max=kl_max, sample=sample,
+            single_steps=single_steps, kl_max=kl_max, sample=sample, h_dot=h_dot, hist=hist,
         )
 
     c0 = Carry(
@@ -240,7 +297,7 @@ def collect_episodes(
         pending=jnp.zeros((num_envs,), bool), store=eps_store, ret=jnp.zeros((num_envs,), jnp.float32),
         won=jnp.zeros((num_envs,), jnp.float32), attack_sum=_zero_attack_stats(),
         attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
-        sample=empty_sample(a),
+        sample=empty_sample(a), h_dot=h_dot0, hist=hist0,
     )
     c = jax.lax.while_loop(cond, body, c0)
     stats = RolloutStats(
@@ -265,22 +322,25 @@ class EvalStats(NamedTuple):
 
 
 def _perturbed_greedy_logits(attack: AttackHook, actor: RNNActor, actor_params: Any, key: jax.Array,
-                             logits: jax.Array, ts, last: jax.Array, h: jax.Array, x: jax.Array) -> jax.Array:
+                             logits: jax.Array, ts, last: jax.Array, h: jax.Array, x: jax.Array,
+                             extras: dict | None = None) -> jax.Array:
     """``logits [B, N, A]`` with the poisoned agent's row replaced by ``attack.perturb``
-    (epsilon 0; ``q_fn`` sees the teammates' clean greedy actions); statistics dropped."""
+    (epsilon 0; ``q_fn`` sees the teammates' clean greedy actions; ``extras`` the
+    recurrent-gradient fields of :func:`_recurrent_extras`); statistics dropped."""
     k = attack.agent
     q, mix = jax.vmap(attack.q_fn)(ts.state, ts.obs, greedy_actions(logits, ts.avail), last)
+    extras = extras or {}
 
-    def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b):
+    def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b, extras_b):
         ctx = ActingContext(
             logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b, actor_params=actor_params,
             actor_hidden=h_b, actor_input=x_b, prev_actor_grad=attack.prev_actor_grad,
-            has_prev_grad=attack.has_prev_grad, epsilon=jnp.float32(0.0),
+            has_prev_grad=attack.has_prev_grad, epsilon=jnp.float32(0.0), **extras_b,
         )
         return attack.perturb(key_b, ctx, _one_step_logits(actor))[0]
 
     new_k = jax.vmap(one_env)(jax.random.split(key, logits.shape[0]), logits[:, k], ts.avail[:, k], q, mix,
-                              h[:, k], x[:, k])
+                              h[:, k], x[:, k], extras)
     return logits.at[:, k].set(new_k)
 
 
@@ -300,23 +360,26 @@ def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.A
         return (c[0] < limit) & jnp.any(c[5])
 
     def body(c):
-        t, key, env_state, ts, h, active, last, ret, won = c
+        t, key, env_state, ts, h, active, last, ret, won, h_dot, hist = c
         key, k_env = jax.random.split(key)
         x = actor_inputs(ts.obs, last, a)
         logits, h_new = actor.apply(actor_params, h, x)
         if attack is not None:
+            extras, h_dot, hist = _recurrent_extras(attack, actor, actor_params, h_dot, hist, t,
+                                                    h[:, attack.agent], x[:, attack.agent], limit)
             logits = _perturbed_greedy_logits(attack, actor, actor_params, jax.random.fold_in(k_env, 1), logits,
-                                              ts, last, h, x)
+                                              ts, last, h, x, extras)
         h = h_new
         actions = jnp.where(active[:, None], greedy_actions(logits, ts.avail), 0)
         env_state, ts = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_episodes), env_state, actions)
         ret = ret + jnp.where(active, ts.reward, 0.0)
         won = jnp.where(active, jnp.maximum(won, ts.won.astype(jnp.float32)), won)
         last = jnp.where(active[:, None], actions, last)
-        return (t + 1, key, env_state, ts, h, active & ~ts.done, last, ret, won)
+        return (t + 1, key, env_state, ts, h, active & ~ts.done, last, ret, won, h_dot, hist)
 
     c0 = (jnp.int32(0), key, env_state, ts, jnp.zeros((num_episodes, n, actor.hidden)),
           jnp.ones((num_episodes,), bool), jnp.full((num_episodes, n), -1, jnp.int32),
-          jnp.zeros((num_episodes,)), jnp.zeros((num_episodes,)))
+          jnp.zeros((num_episodes,)), jnp.zeros((num_episodes,)),
+          *_recurrent_carry0(attack, num_episodes, actor.hidden, limit, spec.obs_dim + a + n))
     c = jax.lax.while_loop(cond, body, c0)
     return EvalStats(episode_return=c[7], won=c[8])
