@@ -222,6 +222,35 @@ def test_fused_training_pass_equals_targets_then_unrolled_grad(double_q, chunk, 
     assert any(float(jnp.max(jnp.abs(g))) > 1e-3 for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize("groups", [1, 3, 5])
+def test_length_groups_give_the_unrolled_loss_and_grad(groups):
+    """grouped_loss_and_grad (batch sorted by length, each group to its own longest episode,
+    normaliser of the whole batch) = value_and_grad of td_loss over every slot with
+    episode_targets: rtol 1e-5 on the loss, 1e-4 (atol 1e-6) on gradients (float order)."""
+    ep = _random_episodes(jax.random.PRNGKey(2))  # lengths 7, 3, 5
+    cfg = qmix.QMIXConfig(rnn_hidden=8, mixing_embed=4, hypernet_embed=8, time_chunk=2, length_groups=groups)
+    nets = qmix.make_nets(cfg, 2, 4)
+    ks = jax.random.split(jax.random.PRNGKey(4), 4)
+    init = lambda k1, k2: {"agent": nets.actor.init(k1, jnp.zeros((1, 8)), jnp.zeros((1, 9))),
+                           "mixer": nets.mixer.init(k2, jnp.zeros((1, 2)), jnp.zeros((1, 4)))}
+    params, target = init(ks[0], ks[1]), init(ks[2], ks[3])
+
+    @jax.jit
+    def both(params, target):
+        y = qmix.episode_targets(nets, params, target, ep, cfg)
+        return jax.value_and_grad(qmix.td_loss)(params, nets, ep, y), qmix.grouped_loss_and_grad(
+            nets, params, target, ep, cfg)
+
+    (loss, grads), (loss_g, grads_g, slots) = both(params, target)
+    np.testing.assert_allclose(float(loss_g), float(loss), rtol=1e-5)
+    for g, gg in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_g)):
+        np.testing.assert_allclose(np.asarray(gg), np.asarray(g), rtol=1e-4, atol=1e-6)
+    # work in batch-wide slots: one group runs to 7 steps; groups {7}, {5}, {3}: (7 + 5 + 3) / 3;
+    # 5 groups of 3 episodes: the largest divisor of 3 not above 5 is 3
+    want = {1: 7.0, 3: (7 + 5 + 3) / 3, 5: (7 + 5 + 3) / 3}[groups]
+    np.testing.assert_allclose(float(slots), want, rtol=1e-6)
+
+
 def test_target_copy_every_200_episodes_as_the_reference_counts():
     spec = EnvSpec(name="tiny", family="grid", num_agents=2, num_actions=4, obs_dim=3, state_dim=4,
                    episode_limit=7, agent_unit_types=("a", "a"))
@@ -396,6 +425,7 @@ def test_rollout_and_evaluation_with_worst_q_on_qmix():
     ({"storage_dtype": "bfloat16"}, "learner.storage_dtype", "bfloat16"),
     ({"epsilon_finish": -0.1}, "learner.epsilon_finish", "-0.1"),
     ({"name": "dop"}, "learner.name", "dop"),
+    ({"length_groups": 0}, "learner.length_groups", "0"),
 ])
 def test_qmix_config_errors_name_field_and_value(kwargs, field, shown):
     with pytest.raises(ValueError) as err:
