@@ -173,6 +173,84 @@ def test_chunked_loss_and_grad_equal_unrolled():
         np.testing.assert_allclose(np.asarray(gc), np.asarray(g), rtol=1e-4, atol=1e-6)
 
 
+def test_agent_layers_split_equal_the_actor_step():
+    """The input layers / GRU step / head split used by the training pass is RNNActor's step."""
+    actor = qmix.make_nets(qmix.QMIXConfig(rnn_hidden=8), 2, 4).actor
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+    params = actor.init(k1, jnp.zeros((1, 8)), jnp.zeros((1, 9)))
+    h, x = jax.random.normal(k2, (5, 2, 8)), jax.random.normal(k3, (5, 2, 9))
+    logits, h_new = actor.apply(params, h, x)
+    h_split = qmix.agent_gru_step(params, h, qmix.agent_input_layers(params, x))
+    np.testing.assert_allclose(np.asarray(h_split), np.asarray(h_new), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(qmix.agent_head(params, h_split)), np.asarray(logits), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("double_q,chunk,t", [(True, 3, 7), (False, 4, 7), (True, 2, 5)])
+def test_fused_training_pass_equals_targets_then_unrolled_grad(double_q, chunk, t):
+    """targets_loss_and_grad (one loop for live + target networks, chunk start states reused,
+    work only up to the batch's longest episode) = episode_targets over every slot, then
+    jax.value_and_grad of the loss unrolled over every slot. Live and target parameters
+    differ. Float order differs (input layers per chunk): rtol 1e-5 on targets and loss,
+    1e-4 (atol 1e-6) on gradients."""
+    ep = _random_episodes(jax.random.PRNGKey(0))
+    if t < 7:  # a batch whose longest episode (5 steps) ends before the stored limit (7)
+        keep = jnp.array([2, 1, 2])
+        ep = jax.tree.map(lambda x: x[keep], ep)
+    cfg = qmix.QMIXConfig(rnn_hidden=8, mixing_embed=4, hypernet_embed=8, time_chunk=chunk, double_q=double_q)
+    nets = qmix.make_nets(cfg, 2, 4)
+    ks = jax.random.split(jax.random.PRNGKey(1), 4)
+
+    def init(k1, k2):
+        return {"agent": nets.actor.init(k1, jnp.zeros((1, 8)), jnp.zeros((1, 3 + 4 + 2))),
+                "mixer": nets.mixer.init(k2, jnp.zeros((1, 2)), jnp.zeros((1, 4)))}
+
+    params, target = init(ks[0], ks[1]), init(ks[2], ks[3])
+
+    @jax.jit
+    def both(params, target):
+        y = qmix.episode_targets(nets, params, target, ep, cfg)
+        length = qmix.truncate_length(ep)
+        return y, jax.value_and_grad(qmix.td_loss)(params, nets, ep, y), \
+            qmix.targets_loss_and_grad(nets, params, target, ep, cfg, length)
+
+    y, (loss, grads), (loss_f, grads_f, y_f) = both(params, target)
+    assert int(qmix.truncate_length(ep)) == t
+    np.testing.assert_allclose(np.asarray(y_f)[:, :t], np.asarray(y)[:, :t], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(loss_f), float(loss), rtol=1e-5)
+    for g, gf in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_f)):
+        np.testing.assert_allclose(np.asarray(gf), np.asarray(g), rtol=1e-4, atol=1e-6)
+    assert any(float(jnp.max(jnp.abs(g))) > 1e-3 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("groups", [1, 3, 5])
+def test_length_groups_give_the_unrolled_loss_and_grad(groups):
+    """grouped_loss_and_grad (batch sorted by length, each group to its own longest episode,
+    normaliser of the whole batch) = value_and_grad of td_loss over every slot with
+    episode_targets: rtol 1e-5 on the loss, 1e-4 (atol 1e-6) on gradients (float order)."""
+    ep = _random_episodes(jax.random.PRNGKey(2))  # lengths 7, 3, 5
+    cfg = qmix.QMIXConfig(rnn_hidden=8, mixing_embed=4, hypernet_embed=8, time_chunk=2, length_groups=groups)
+    nets = qmix.make_nets(cfg, 2, 4)
+    ks = jax.random.split(jax.random.PRNGKey(4), 4)
+    init = lambda k1, k2: {"agent": nets.actor.init(k1, jnp.zeros((1, 8)), jnp.zeros((1, 9))),
+                           "mixer": nets.mixer.init(k2, jnp.zeros((1, 2)), jnp.zeros((1, 4)))}
+    params, target = init(ks[0], ks[1]), init(ks[2], ks[3])
+
+    @jax.jit
+    def both(params, target):
+        y = qmix.episode_targets(nets, params, target, ep, cfg)
+        return jax.value_and_grad(qmix.td_loss)(params, nets, ep, y), qmix.grouped_loss_and_grad(
+            nets, params, target, ep, cfg)
+
+    (loss, grads), (loss_g, grads_g, slots) = both(params, target)
+    np.testing.assert_allclose(float(loss_g), float(loss), rtol=1e-5)
+    for g, gg in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_g)):
+        np.testing.assert_allclose(np.asarray(gg), np.asarray(g), rtol=1e-4, atol=1e-6)
+    # work in batch-wide slots: one group runs to 7 steps; groups {7}, {5}, {3}: (7 + 5 + 3) / 3;
+    # 5 groups of 3 episodes: the largest divisor of 3 not above 5 is 3
+    want = {1: 7.0, 3: (7 + 5 + 3) / 3, 5: (7 + 5 + 3) / 3}[groups]
+    np.testing.assert_allclose(float(slots), want, rtol=1e-6)
+
+
 def test_target_copy_every_200_episodes_as_the_reference_counts():
     spec = EnvSpec(name="tiny", family="grid", num_agents=2, num_actions=4, obs_dim=3, state_dim=4,
                    episode_limit=7, agent_unit_types=("a", "a"))
@@ -347,6 +425,7 @@ def test_rollout_and_evaluation_with_worst_q_on_qmix():
     ({"storage_dtype": "bfloat16"}, "learner.storage_dtype", "bfloat16"),
     ({"epsilon_finish": -0.1}, "learner.epsilon_finish", "-0.1"),
     ({"name": "dop"}, "learner.name", "dop"),
+    ({"length_groups": 0}, "learner.length_groups", "0"),
 ])
 def test_qmix_config_errors_name_field_and_value(kwargs, field, shown):
     with pytest.raises(ValueError) as err:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "kl_from_logits",
     "perturbed_kl",
     "find_beta",
+    "find_beta_sequential",
+    "BETA_SEARCH_LEVELS",
     "stealth_loglik",
     "stealth_loglik_from_logits",
     "SINGLE_ACTION_STEALTH",
@@ -194,7 +197,7 @@ def perturbed_kl(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, beta
     return _kl_along(_line(logits, avail, delta_hat), jnp.asarray(beta, jnp.float32))
 
 
-def find_beta(
+def find_beta_sequential(
     logits: jax.Array,
     avail: jax.Array,
     delta_hat: jax.Array,
@@ -202,7 +205,9 @@ def find_beta(
     bsn1: int = 55,
     bsn2: int = 15,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Algorithm 1 (App. B): the largest ``beta`` with ``KL(pi'(beta) || pi) <= KL_U``.
+    """Algorithm 1 (App. B) step by step (``BSN1 + BSN1 - 1 + BSN2`` sequential KL
+    evaluations): the reference form of :func:`find_beta`, which returns the same result in
+    far fewer sequential rounds. The largest ``beta`` with ``KL(pi'(beta) || pi) <= KL_U``.
 
     The paper's sequential algorithm, with ``pi'(b) = softmax(l + b * delta_hat)``::
 
@@ -280,6 +285,103 @@ def find_beta(
         return jnp.where(keep, m, lo), hi, jnp.where(keep, k, kl_lo)
 
     lo, _, kl_lo = lax.fori_loop(0, bsn1 - 1 + bsn2, bisection, (jnp.float32(0.0), r, jnp.float32(0.0)))
+    return lo, kl_lo, ~done
+
+
+BETA_SEARCH_LEVELS = 5
+"""Bisection steps :func:`find_beta` resolves per round: ``2^5 - 1 = 31`` candidate betas
+evaluated at once."""
+
+
+def _midpoint_tree(lo: jax.Array, hi: jax.Array, levels: int) -> jax.Array:
+    """``[2^levels + 1]`` float32 points of ``[lo, hi]``: every ``m = (l + r) / 2`` that
+    ``levels`` bisection steps can visit, each computed from its two parent points by the
+    same float32 operation the sequential algorithm performs, in order."""
+    pts = jnp.stack([lo, hi])
+    for _ in range(levels):
+        mids = (pts[:-1] + pts[1:]) / 2.0
+        pts = jnp.concatenate([jnp.stack([pts[:-1], mids], axis=1).reshape(-1), pts[-1:]])
+    return pts
+
+
+def find_beta(
+    logits: jax.Array,
+    avail: jax.Array,
+    delta_hat: jax.Array,
+    kl_u: jax.Array | float,
+    bsn1: int = 55,
+    bsn2: int = 15,
+    levels: int = BETA_SEARCH_LEVELS,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Algorithm 1 (App. B) in few sequential rounds: the same ``beta`` as
+    :func:`find_beta_sequential` (the paper's loop; see there for the algorithm).
+
+    Every point Algorithm 1 can test is known in advance, so the tests are evaluated many
+    at a time and only the decisions stay sequential (cheap scalar selects):
+
+    * doubling: ``KL(pi'(2^i))`` for ``i = 0..BSN1-1`` in one vectorised evaluation; ``bsn``
+      is the first ``i`` with ``KL > KL_U`` (the loop's ``break``), else ``BSN1 - 1`` with
+      ``r = 2^BSN1`` (saturated), exactly as the loop;
+    * bisection: in rounds of ``levels`` steps: the ``2^levels - 1`` midpoints the next
+      ``levels`` steps can visit (:func:`_midpoint_tree`: each ``(l + r) / 2`` from the same
+      float32 parents as in the loop, so bit-identical values) get their KL in one
+      vectorised evaluation, then the ``levels`` decisions of the loop are replayed on
+      them (``KL > KL_U``: ``r = m``, else ``l = m``), steps past ``BSN2 + bsn`` being
+      no-ops. Rounds run while steps remain (``ceil((BSN2 + bsn) / levels)``, a
+      ``lax.while_loop``).
+
+    Sequential KL evaluations: ``1 + ceil((BSN2 + bsn) / levels)`` (5 for ``bsn = 3`` at
+    the paper's BSN2 = 15; at most 15) instead of ``bsn + 1 + BSN2 + bsn`` in the loop
+    (``BSN1 + BSN1 - 1 + BSN2 = 124`` in a fixed-length loop), for
+    ``BSN1 + (2^levels - 1) * rounds`` evaluations of work. Every decision is the loop's
+    decision on the same float32 KL function (:func:`perturbed_kl`), so the result equals
+    the loop's; only the vectorised evaluation of the KL may round differently in the
+    last bit (tested: equal on random cases, and ``KL <= KL_U`` always, as each returned
+    ``beta`` is a tested point with ``KL <= KL_U``, or 0).
+
+    Args:
+        logits, avail, delta_hat, kl_u, bsn1, bsn2: as :func:`find_beta_sequential`.
+        levels: bisection steps per round (static, >= 1): ``2^levels - 1`` candidates each.
+
+    Returns:
+        ``(beta, kl_at_beta, saturated)`` as :func:`find_beta_sequential`.
+    """
+    if bsn1 < 1 or bsn2 < 0:
+        raise ValueError(f"find_beta needs bsn1 >= 1 and bsn2 >= 0, got bsn1={bsn1}, bsn2={bsn2}")
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"find_beta needs levels an integer >= 1, got levels={levels!r}")
+    line = _line(logits, avail, delta_hat)
+    kl_u = jnp.asarray(kl_u, jnp.float32)
+    kl_many = jax.vmap(lambda b: _kl_along(line, b))
+
+    # Doubling, lines 2-10: r = 2^i at step i (exact in float32).
+    powers = jnp.asarray(np.float32(2.0) ** np.arange(bsn1 + 1, dtype=np.float32))
+    over = kl_many(powers[:bsn1]) > kl_u
+    done = jnp.any(over)
+    bsn = jnp.where(done, jnp.argmax(over), bsn1 - 1).astype(jnp.int32)
+    r = jnp.where(done, powers[bsn], powers[bsn1])
+    steps = bsn2 + bsn
+
+    # Bisection, lines 11-19, in rounds of `levels` steps.
+    width = 2 ** levels
+
+    def one_round(carry):
+        k, lo, hi, kl_lo = carry
+        pts = _midpoint_tree(lo, hi, levels)
+        kls = jnp.concatenate([jnp.zeros((1,), jnp.float32), kl_many(pts[1:-1]), jnp.zeros((1,), jnp.float32)])
+        i_lo, i_hi = jnp.int32(0), jnp.int32(width)
+        for s in range(levels):
+            active = k * levels + s < steps
+            i_m = (i_lo + i_hi) // 2
+            over_m = kls[i_m] > kl_u
+            i_hi = jnp.where(active & over_m, i_m, i_hi)
+            keep = active & ~over_m
+            i_lo = jnp.where(keep, i_m, i_lo)
+            kl_lo = jnp.where(keep, kls[i_m], kl_lo)
+        return k + 1, pts[i_lo], pts[i_hi], kl_lo
+
+    init = (jnp.int32(0), jnp.float32(0.0), r, jnp.float32(0.0))
+    _, lo, _, kl_lo = lax.while_loop(lambda c: c[0] * levels < steps, one_round, init)
     return lo, kl_lo, ~done
 
 
