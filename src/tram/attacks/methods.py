@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from tram.attacks.perturb import AttackConfig
     from tram.types import PolicyPerturbation
 
-__all__ = ["AttackMethod", "ATTACK_METHODS", "attack_method", "method_names", "accepted_methods", "series_keys",
+__all__ = ["AttackMethod", "ATTACK_METHODS", "attack_method", "accepted_methods", "series_keys",
            "series_method", "series_label", "series_colour", "methods_help", "CLEAN"]
 
 CLEAN = "none"
@@ -175,11 +175,6 @@ ATTACK_METHODS: dict[str, AttackMethod] = {m.name: m for m in (
 )}
 """``attack.method`` -> :class:`AttackMethod`. The order is the report's: curves, legends,
 the rows of the stealth Tables 1-3 (var, J-based, random, as in the paper) and Fig. 4."""
-
-
-def method_names() -> tuple[str, ...]:
-    """Every accepted ``attack.method``, in table order."""
-    return tuple(ATTACK_METHODS)
 
 
 def attack_method(name: Any, key: str = "attack.method") -> AttackMethod:
