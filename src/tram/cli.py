@@ -11,7 +11,6 @@ register their own exception types and exit codes in :data:`ERROR_EXIT_CODES`.
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Optional
 
 import typer
+from typer.models import OptionInfo
 
 from tram.validation import ConfigError
 
@@ -158,52 +158,45 @@ def check_backend(backend: str) -> str:
 
 
 def apply_overrides(cfg_dict: dict, sets: list[str]) -> dict:
-    """Applies ``section.field=value`` overrides (values parsed as Python literals)."""
-    for item in sets or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            fail(f"--set {item!r} is not accepted; accepted: section.field=value (e.g. learner.epsilon_anneal_steps=50000)")
-        key, raw = item.split("=", 1)
-        section, fld = key.split(".", 1)
-        if section not in cfg_dict or not isinstance(cfg_dict[section], dict):
-            fail(f"--set {item!r}: unknown section {section!r}; accepted: {', '.join(cfg_dict)}")
-        if section != "env" and fld not in cfg_dict[section]:
-            fail(f"--set {item!r}: {section} has no field {fld!r}; accepted: {', '.join(cfg_dict[section])}")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        if section == "env" and fld != "name":
-            cfg_dict["env"].setdefault("options", {})[fld] = value
-        else:
-            cfg_dict[section][fld] = value
-    return cfg_dict
+    """:func:`tram.config.apply_overrides` (kept here for scripts that import it from the CLI)."""
+    from tram.config import apply_overrides as _apply
+
+    return _apply(cfg_dict, sets)
 
 
 def build_config(env: str, learner: str, steps, seeds, attack: str, fa, kl, attacked_agent, eval_interval,
-                 test_episodes, sets: list[str], attack_at: str = "train", attack_start=0):
-    """Builds and validates a :class:`tram.config.TrainConfig` from CLI values (numbers may
-    be text such as ``"1e3"``); a bad value raises :class:`ConfigError` naming the option."""
-    from tram.config import EnvConfig, RunConfig, TrainConfig
-    from tram.learners import LEARNER_CONFIGS
-    from tram.attacks.perturb import AttackConfig
+                 test_episodes, sets: list[str], attack_at: str | None = None, attack_start=None):
+    """:func:`tram.config.build_train_config` from ``tram train``'s values (``None``: the
+    config's default; numbers may be text such as ``"1e3"``); a bad value raises
+    :class:`ConfigError` naming the option (``--fa (attack.f_a): ...``)."""
+    from tram.config import build_train_config
 
     try:
-        if learner not in LEARNER_CONFIGS:
-            raise ConfigError(f"learner.name: {learner!r} is not accepted; accepted: {', '.join(LEARNER_CONFIGS)}",
-                              "learner.name")
-        attack_kw = dict(method=attack, f_a=fa, kl_u=kl, attack_at=attack_at, attack_start=attack_start)
-        if attacked_agent is not None:
-            attack_kw["agent"] = attacked_agent
-        base = TrainConfig(
-            env=EnvConfig(name=env),
-            learner=LEARNER_CONFIGS[learner](),
-            attack=AttackConfig(**attack_kw),
-            run=RunConfig(steps=steps, seeds=parse_seeds(seeds) if isinstance(seeds, str) else seeds,
-                          eval_interval=eval_interval, test_episodes=test_episodes),
-        )
-        return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
+        return build_train_config(env, learner, attack, steps=steps, seeds=seeds, f_a=fa, kl_u=kl,
+                                  agent=attacked_agent, attack_at=attack_at, attack_start=attack_start,
+                                  eval_interval=eval_interval, test_episodes=test_episodes, sets=sets)
     except ConfigError as e:
         raise _name_option(e) from None
+
+
+class _LiveHelpOption(OptionInfo):
+    """A ``typer.Option`` whose help text is computed each time the command is built, so it
+    follows tables that can grow (the attack methods)."""
+
+    help = property(lambda self: self._help_fn(), lambda self, value: None)
+
+
+def _live_help_option(default, help_fn: Callable[[], str], *decls, **kwargs) -> OptionInfo:
+    info = typer.Option(default, *decls, **kwargs)
+    info.__class__ = _LiveHelpOption
+    info._help_fn = help_fn
+    return info
+
+
+def _attack_help() -> str:
+    from tram.attacks.methods import methods_help
+
+    return f"Attack method (default none): {methods_help()}."
 
 
 @app.command()
@@ -224,19 +217,23 @@ def envs():
 @app.command()
 @handle_errors
 def train(
-    env: str = typer.Option("3m", help="Environment name (see `tram envs`)."),
-    learner: str = typer.Option("dop", help="dop, coma or qmix."),
-    steps: str = typer.Option("2e6", help="Env steps per seed, e.g. 2e6."),
-    seeds: str = typer.Option("5", help="Seed count (5) or list (0,3,7); all run in one program."),
-    attack: str = typer.Option("none", help="none, random, var, jbased (TRAM) or worst_q (deploy-time)."),
-    fa: str = typer.Option("1.0", "--fa", help="Attack frequency f_A in [0, 1]."),
-    kl: str = typer.Option("6.0", "--kl", help="KL budget KL_U >= 0."),
+    env: Optional[str] = typer.Option(None, help="Environment name (see `tram envs`); default 3m."),
+    learner: Optional[str] = typer.Option(None, help="dop, coma or qmix; default dop."),
+    steps: Optional[str] = typer.Option(None, help="Env steps per seed, e.g. 2e6 (the default)."),
+    seeds: Optional[str] = typer.Option(None, help="Seed count (default 5) or list (0,3,7); all run in one "
+                                        "program."),
+    attack: Optional[str] = _live_help_option(None, _attack_help),
+    fa: Optional[str] = typer.Option(None, "--fa", help="Attack frequency f_A in [0, 1]; default 1."),
+    kl: Optional[str] = typer.Option(None, "--kl", help="KL budget KL_U >= 0; default 6 (methods with a KL "
+                                     "budget)."),
     attacked_agent: Optional[str] = typer.Option(None, help="Poisoned agent: index or unit type (zealot, "
                                                  "colossus...); default 0. Needs --attack."),
-    attack_at: str = typer.Option("train", help="Where the attack acts: train, test or both."),
-    attack_start: str = typer.Option("0", help="Env step from which the attack acts, e.g. 1e6."),
-    eval_interval: str = typer.Option("10000", help="Env steps between greedy evaluations, e.g. 1e4."),
-    test_episodes: str = typer.Option("32", help="Greedy test episodes per evaluation."),
+    attack_at: Optional[str] = typer.Option(None, help="Where the attack acts: train (default), test or both."),
+    attack_start: Optional[str] = typer.Option(None, help="Env step from which the attack acts, e.g. 1e6; "
+                                               "default 0."),
+    eval_interval: Optional[str] = typer.Option(None, help="Env steps between greedy evaluations, e.g. 1e4 "
+                                                "(the default)."),
+    test_episodes: Optional[str] = typer.Option(None, help="Greedy test episodes per evaluation; default 32."),
     out: Path = typer.Option(Path("runs"), help="Run store directory."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field: learner.critic_lr=5e-4."),
     restart: bool = typer.Option(False, help="Ignore a checkpoint and train from scratch."),
@@ -413,27 +410,24 @@ def _estimate_seconds(configs) -> float:
     return total
 
 
-def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int, fa: float):
+def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int, fa: float, sets=()):
     """Fig. 1 of the paper: QMIX trained clean; from ``attack_start`` on, the poisoned agent
     takes its worst-Q action (deploy-time attack) at test time only, or at training and test
     time. Returns ``[clean, test-only, train-and-test]``. The runs are deterministic and the
     attack is gated by ``attack_start``, so all three share their first ``attack_start``
     steps bit for bit (tested in tests/test_qmix.py): `reproduce fig1` trains the clean run
     first, keeping its state at ``attack_start``, and starts both attacked runs from it
-    (:func:`tram.experiments.runner.train`, ``keep_branch_point``)."""
-    from tram.attacks.perturb import AttackConfig
-    from tram.config import EnvConfig, RunConfig, TrainConfig
-    from tram.learners import LEARNER_CONFIGS
+    (:func:`tram.experiments.runner.train`, ``keep_branch_point``). ``sets`` are
+    ``section.field=value`` overrides for all three."""
+    from tram.config import build_train_config
 
     if not 0 < attack_start < steps:
         fail(f"--attack-start {attack_start:,} is not accepted; accepted: a step between 0 and --steps ({steps:,}), "
              f"exclusive, so that the attack starts during the run")
-    run = RunConfig(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000))
-    EnvConfig(env)  # unknown map: ConfigError listing the maps
-    base = dict(env=EnvConfig(env), learner=LEARNER_CONFIGS["qmix"](), run=run)
-    return [TrainConfig(**base, attack=AttackConfig(method="none")),
-            TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="test", attack_start=attack_start)),
-            TrainConfig(**base, attack=AttackConfig(method="worst_q", f_a=fa, attack_at="both", attack_start=attack_start))]
+    run = dict(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000), sets=sets)
+    return [build_train_config(env, "qmix", "none", **run),
+            build_train_config(env, "qmix", "worst_q", f_a=fa, attack_at="test", attack_start=attack_start, **run),
+            build_train_config(env, "qmix", "worst_q", f_a=fa, attack_at="both", attack_start=attack_start, **run)]
 
 
 def _maps_from_args(maps: Optional[list[str]], extra: list[str]) -> list[str]:
@@ -473,7 +467,7 @@ def reproduce(
     issue-sized runs whose results are committed under results/smax-lite), then the report."""
     import yaml
 
-    from tram.config import real_number
+    from tram.config import RunConfig, real_number
     from tram.envs import env_names
     from tram.experiments.sweep import expand_grid
 
@@ -514,8 +508,9 @@ def reproduce(
             fail(f"--maps {m!r} {why} {target} grid; accepted: {', '.join(grid_maps)}")
     configs, seen = [], set()
     if target == "fig1":
-        configs = fig1_configs(map_, steps_n or 2_000_000, seeds_t or tuple(range(5)),
-                               parse_steps(attack_start, "--attack-start"), real_number(fa, "--fa", 0.0, 1.0))
+        configs = fig1_configs(map_, steps_n or RunConfig().steps, seeds_t or RunConfig().seeds,
+                               parse_steps(attack_start, "--attack-start"), real_number(fa, "--fa", 0.0, 1.0),
+                               sets or [])
     for name, spec in specs.items():
         if wanted:
             spec["envs"] = [e for e in spec["envs"] if e in wanted]
@@ -525,14 +520,10 @@ def reproduce(
             spec["steps"] = steps_n
         if seeds_t is not None:
             spec["seeds"] = list(seeds_t)
-        for c in expand_grid(spec):
+        for c in expand_grid(spec, sets or []):
             if c.to_json() not in seen:
                 seen.add(c.to_json())
                 configs.append(c)
-    if sets:
-        from tram.config import TrainConfig
-
-        configs = [TrainConfig.from_dict(apply_overrides(c.to_dict(), sets)) for c in configs]
     check_out_dir(out, create=not dry_run)
     check_out_dir(report_dir, "--report", create=not dry_run)
     total_steps = sum(c.run.steps * len(c.run.seeds) for c in configs)

@@ -11,20 +11,29 @@ against each other and against the environment, without building anything heavy 
 environment's agent list comes from :func:`env_spec`, cached per name and options):
 
 - the attacked agent exists on the environment (index in range, unit type present);
-- the learner supports the attack method (QMIX has no policy for TRAM's var/J-based
+- the learner accepts the attack method (the method's entry of
+  :data:`tram.attacks.methods.ATTACK_METHODS`; QMIX has no policy for TRAM's var/J-based
   directions);
 - a clean run (``attack.method`` ``none``) leaves every other attack field at its default,
   since those fields would change the run's hash without changing the run.
+
+Building a config: :func:`build_train_config` (also ``tram.build_config``) is the one builder
+the CLI's ``train``, sweeps (:func:`tram.experiments.sweep.expand_grid`), ``reproduce`` and
+scripts use: unset values take the dataclasses' defaults, numbers may be text (``"2e6"``), and
+``section.field=value`` overrides (:func:`apply_overrides`) apply last.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tram.attacks.methods import CLEAN, accepted_methods, attack_method
 from tram.attacks.perturb import AttackConfig
 from tram.learners import LEARNER_CONFIGS
 from tram.validation import ConfigError, real_number, whole_number
@@ -32,8 +41,8 @@ from tram.validation import ConfigError, real_number, whole_number
 SEED_MODES = ("vmap", "map")
 """Accepted ``run.seed_mode`` values (:func:`tram.experiments.program.over_seeds`)."""
 
-__all__ = ["ConfigError", "EnvConfig", "RunConfig", "TrainConfig", "AttackConfig", "env_spec", "parse_seeds",
-           "parse_seconds", "real_number", "whole_number"]
+__all__ = ["ConfigError", "EnvConfig", "RunConfig", "TrainConfig", "AttackConfig", "apply_overrides",
+           "build_train_config", "env_spec", "parse_seeds", "parse_seconds", "real_number", "whole_number"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,32 +207,31 @@ class TrainConfig:
 
     def _check_attack(self) -> None:
         """Cross-field checks of the attack (module docstring)."""
-        import importlib
-
         a = self.attack
-        if a.method == "none":
+        if a.method == CLEAN:
             default = AttackConfig()
             changed = [f.name for f in dataclasses.fields(AttackConfig)
                        if f.name != "method" and getattr(a, f.name) != getattr(default, f.name)]
             if changed:
                 f = changed[0]
+                others = ", ".join(m for m in accepted_methods(self.learner.name) if m != CLEAN)
                 raise ConfigError(f"attack.{f}: {getattr(a, f)!r} given without an attack (attack.method is none); "
-                                  f"accepted: choose an attack method ({', '.join(m for m in _attack_methods() if m != 'none')}) "
+                                  f"accepted: choose an attack method ({others}) "
                                   f"or leave attack.{f} at its default {getattr(default, f)!r}", f"attack.{f}")
             return
         learner = self.learner.name
-        supported = getattr(importlib.import_module(f"tram.learners.{learner}"), "SUPPORTED_ATTACKS", None)
-        if supported is not None and a.method not in supported:
-            able = [n for n in LEARNER_CONFIGS
-                    if a.method in getattr(importlib.import_module(f"tram.learners.{n}"), "SUPPORTED_ATTACKS", (a.method,))]
-            raise ConfigError(f"attack method {a.method!r} needs a policy-gradient learner ({', '.join(able)}); "
-                              f"{learner} supports {', '.join(supported)}", "attack.method")
+        method = attack_method(a.method)
+        if not method.accepts(learner):
+            able = ", ".join(n for n in LEARNER_CONFIGS if method.accepts(n))
+            need = "needs a policy-gradient learner" if method.needs_policy_gradient else "is accepted by"
+            raise ConfigError(f"attack method {a.method!r} {need} ({able}); "
+                              f"{learner} supports {', '.join(accepted_methods(learner))}", "attack.method")
         resolve_agent(a.agent, self.env.spec)
 
     @property
     def attacked_agent_index(self) -> int | None:
         """The poisoned agent's index on this environment, or ``None`` for a clean run."""
-        return None if self.attack.method == "none" else resolve_agent(self.attack.agent, self.env.spec)
+        return None if self.attack.method == CLEAN else resolve_agent(self.attack.agent, self.env.spec)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -287,10 +295,76 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def _attack_methods() -> tuple[str, ...]:
-    from tram.attacks.perturb import ATTACK_METHODS
+def apply_overrides(cfg_dict: dict, sets: Sequence[str] | Mapping[str, Any] = ()) -> dict:
+    """Applies ``section.field=value`` overrides to ``cfg_dict`` (the form of
+    :meth:`TrainConfig.to_dict`) in place and returns it. ``sets`` is a list of
+    ``"section.field=value"`` texts (values parsed as Python literals, else kept as text)
+    or a mapping ``{"section.field": value}``; ``env.<option>`` sets an environment option.
 
-    return tuple(ATTACK_METHODS)
+    Raises:
+        ConfigError: an item without ``section.field=``, an unknown section, or a field the
+            section does not have (the message names the item and what is accepted).
+    """
+    if isinstance(sets, Mapping):
+        sets = [f"{k}={v!r}" for k, v in sets.items()]
+    for item in sets or []:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r} is not accepted; accepted: section.field=value "
+                              f"(e.g. learner.epsilon_anneal_steps=50000)")
+        key, raw = item.split("=", 1)
+        section, fld = key.split(".", 1)
+        if section not in cfg_dict or not isinstance(cfg_dict[section], dict):
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; accepted: {', '.join(cfg_dict)}")
+        if section != "env" and fld not in cfg_dict[section]:
+            raise ConfigError(f"--set {item!r}: {section} has no field {fld!r}; accepted: "
+                              f"{', '.join(cfg_dict[section])}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if section == "env" and fld != "name":
+            cfg_dict["env"].setdefault("options", {})[fld] = value
+        else:
+            cfg_dict[section][fld] = value
+    return cfg_dict
+
+
+def build_train_config(env: str | None = None, learner: str | None = None, attack: str | None = None, *,
+                       steps: Any = None, seeds: Any = None, f_a: Any = None, kl_u: Any = None, agent: Any = None,
+                       attack_at: str | None = None, attack_start: Any = None, eval_interval: Any = None,
+                       test_episodes: Any = None,
+                       sets: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """A validated :class:`TrainConfig` from plain values: the one builder of the CLI, sweeps,
+    ``reproduce`` and scripts (``tram.build_config``).
+
+    Every argument left at ``None`` takes the dataclass default (:class:`EnvConfig`,
+    :class:`RunConfig`, :class:`~tram.attacks.perturb.AttackConfig`, the learner's config).
+    Numbers may be text (``steps="2e6"``, ``f_a="0.5"``); ``seeds`` is a count, a list or
+    text (:func:`parse_seeds`). ``sets`` (:func:`apply_overrides`) apply last, so they can
+    change any field, e.g. ``sets=["learner.critic_lr=5e-4", "env.num_agents=4"]``.
+
+    Example: ``build_train_config("3m", "dop", "var", steps="1e6", seeds=3, kl_u=4)``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: a bad value (the message names the config key, the value and what is
+            accepted).
+    """
+    learner = "dop" if learner is None else learner
+    if not isinstance(learner, str) or learner not in LEARNER_CONFIGS:
+        raise ConfigError(f"learner.name: {learner!r} is not accepted; accepted: {', '.join(LEARNER_CONFIGS)}",
+                          "learner.name")
+    attack_kw = {k: v for k, v in dict(method=attack, f_a=f_a, kl_u=kl_u, agent=agent, attack_at=attack_at,
+                                       attack_start=attack_start).items() if v is not None}
+    if isinstance(seeds, (str, int)) and not isinstance(seeds, bool):
+        seeds = parse_seeds(seeds)
+    run_kw = {k: v for k, v in dict(steps=steps, seeds=seeds, eval_interval=eval_interval,
+                                    test_episodes=test_episodes).items() if v is not None}
+    base = TrainConfig(env=EnvConfig() if env is None else EnvConfig(name=env), learner=LEARNER_CONFIGS[learner](),
+                       attack=AttackConfig(**attack_kw), run=RunConfig(**run_kw))
+    return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
 
 
 def resolve_agent(agent: int | str, spec) -> int:

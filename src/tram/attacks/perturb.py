@@ -41,13 +41,10 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.budget import find_beta, masked_log_softmax, masked_softmax, stealth_loglik_from_logits
-from tram.attacks.directions import jbased_direction, random_direction, variance_direction
+from tram.attacks.methods import ATTACK_METHODS, CLEAN, attack_method
 from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
 
 __all__ = ["ATTACK_METHODS", "AttackConfig", "make_perturbation", "identity_perturbation", "perturb_logits"]
-
-ATTACK_METHODS = ("none", "random", "var", "jbased", "worst_q")
-"""Accepted values of :attr:`AttackConfig.method`."""
 
 ATTACK_AT = ("test", "train", "both")
 """Accepted values of :attr:`AttackConfig.attack_at`."""
@@ -63,9 +60,9 @@ class AttackConfig:
     """The training-time attack on one poisoned agent (Sec. 3.1, App. B)."""
 
     method: str = "none"
-    """Direction of the perturbation: ``none`` (clean run), ``random``, ``var``
-    (variance-based, Sec. 3.2) or ``jbased`` (J-based, Sec. 3.3); or ``worst_q``, the
-    deploy-time attack of Fig. 1 (:mod:`tram.attacks.deploy`; ``kl_u`` does not apply)."""
+    """A name of :data:`tram.attacks.methods.ATTACK_METHODS`: ``none`` (clean run), ``var``
+    (variance-based, Sec. 3.2), ``jbased`` (J-based, Sec. 3.3), ``random``, or ``worst_q``,
+    the deploy-time attack of Fig. 1 (:mod:`tram.attacks.deploy`; ``kl_u`` does not apply)."""
     f_a: float = 1.0
     """Attack frequency ``f_A`` in [0, 1]: each step, the poisoned agent samples from the
     perturbed policy with this probability (paper Table 1: 1.0)."""
@@ -103,9 +100,7 @@ class AttackConfig:
     def __post_init__(self):
         from tram.validation import ConfigError, real_number, whole_number
 
-        if not isinstance(self.method, str) or self.method not in ATTACK_METHODS:
-            raise ConfigError(f"attack.method: {self.method!r} is not accepted; accepted: {', '.join(ATTACK_METHODS)}",
-                              "attack.method")
+        attack_method(self.method)  # ConfigError naming attack.method and the accepted methods
         object.__setattr__(self, "f_a", real_number(self.f_a, "attack.f_a", 0.0, 1.0))
         object.__setattr__(self, "kl_u", real_number(self.kl_u, "attack.kl_u", 0.0))
         agent = self.agent
@@ -133,20 +128,25 @@ class AttackConfig:
                                   f"attack.{name}")
 
     @property
+    def method_spec(self):
+        """This method's entry of the table (:class:`tram.attacks.methods.AttackMethod`)."""
+        return attack_method(self.method)
+
+    @property
     def carries_hidden_tangent(self) -> bool:
         """True if the rollout must carry ``ActingContext.hidden_tangent`` (exact J-based)."""
-        return self.method == "jbased" and self.recurrent_grad == "exact"
+        return bool(self.method_spec.carries_hidden_tangent(self))
 
     @property
     def carries_history(self) -> bool:
         """True if the rollout must carry ``ActingContext.history_inputs`` (exact var Gram)."""
-        return self.method == "var" and self.var_gram == "exact"
+        return bool(self.method_spec.carries_history(self))
 
     @property
     def is_identity(self) -> bool:
         """True if the attack can never change an action: method ``none``, ``f_a == 0``
-        or ``kl_u == 0`` (the budget does not apply to ``worst_q``)."""
-        return self.method == "none" or self.f_a == 0.0 or (self.kl_u == 0.0 and self.method != "worst_q")
+        or ``kl_u == 0`` for a method with a KL budget."""
+        return self.method == CLEAN or self.f_a == 0.0 or (self.kl_u == 0.0 and self.method_spec.has_kl_budget)
 
     def replace(self, **changes) -> "AttackConfig":
         """A validated copy with some fields changed."""
@@ -154,7 +154,6 @@ class AttackConfig:
 
 
 def _zero_stats() -> AttackStepStats:
-    z = jnp.float32(0.0)
     return AttackStepStats.zeros()
 
 
@@ -196,8 +195,10 @@ def perturb_logits(logits: jax.Array, avail: jax.Array, delta_hat: jax.Array, be
     return jnp.where(moved, new, logits)
 
 
-def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
-    """The TRAM perturbation of ``cfg`` for one environment (Sec. 3.1, Algorithm 1, Eq. 3).
+def make_perturbation(cfg: AttackConfig, q_source: str = "critic") -> PolicyPerturbation:
+    """The perturbation of ``cfg`` for one environment: Algorithm 1 along the direction of
+    the method's table entry (Sec. 3.1, Eq. 3), or the entry's own ``perturbation`` factory
+    (the deploy-time ``worst_q`` attack, reading Q-values from ``q_source``).
 
     The returned ``perturb(key, ctx, actor_logits_fn)`` is pure and jittable; vmap it over
     environments (``ctx`` batched, ``actor_params`` and ``prev_actor_grad`` shared).
@@ -227,17 +228,19 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
 
     Args:
         cfg: a validated :class:`AttackConfig`.
+        q_source: where a ``perturbation`` factory reads individual Q-values: ``critic``
+            (``ctx.q_values``; DOP, COMA) or ``actor`` (``ctx.logits``; QMIX). Algorithm 1
+            ignores it.
 
     Returns:
         ``perturb(key, ctx, actor_logits_fn) -> (logits [A], AttackStepStats)``.
     """
-    if cfg.method == "worst_q":  # the deploy-time attack, with critic Q-values (DOP, COMA)
-        from tram.attacks.deploy import make_worst_q_perturbation
-
-        return make_worst_q_perturbation(cfg)
-    method, f_a, kl_u, bsn1, bsn2 = cfg.method, cfg.f_a, cfg.kl_u, cfg.bsn1, cfg.bsn2
+    spec = cfg.method_spec
+    if spec.perturbation is not None:
+        return spec.perturbation(cfg, q_source)
+    direction = spec.direction(cfg) if spec.direction is not None else None  # None: the clean method
+    f_a, kl_u, bsn1, bsn2 = cfg.f_a, cfg.kl_u, cfg.bsn1, cfg.bsn2
     identity_output = cfg.is_identity
-    var_exact, j_exact = cfg.var_gram == "exact", cfg.recurrent_grad == "exact"
 
     def perturb(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn
                 ) -> tuple[jax.Array, AttackStepStats]:
@@ -245,20 +248,14 @@ def make_perturbation(cfg: AttackConfig) -> PolicyPerturbation:
         avail = ctx.avail.astype(bool)
         pi = masked_softmax(logits, avail)
         pmax_before = jnp.max(pi)
-        if method == "none":
+        if direction is None:
             stats = _zero_stats()._replace(
                 stealth_loglik=stealth_loglik_from_logits(logits, logits, avail, f_a),
                 pmax_before=pmax_before, pmax_after=pmax_before)
             return logits, stats
 
         k_dir, k_att = jax.random.split(key)
-        n_avail = jnp.sum(avail)
-        if method == "random":
-            delta_hat, fallback = random_direction(k_dir, avail), n_avail < 2
-        elif method == "var":
-            delta_hat, fallback = variance_direction(k_dir, ctx, actor_logits_fn, exact_history=var_exact)
-        else:  # "jbased"
-            delta_hat, fallback = jbased_direction(k_dir, ctx, actor_logits_fn, exact_history=j_exact)
+        delta_hat, fallback = direction(k_dir, ctx, actor_logits_fn)
 
         has_direction = jnp.any(delta_hat != 0)
         if kl_u == 0.0:

@@ -28,7 +28,7 @@ A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init
 ``store_episodes``, ``ready_to_train``, ``train_step``, ``attack_q_fn`` and
 ``buffer_bytes``; its state has ``actor_params``, ``critic_params``, ``prev_actor_grad``
 and ``has_prev_grad``. Optionally (QMIX): ``select_actions`` (its acting rule, default the
-floored softmax), ``SUPPORTED_ATTACKS`` (other methods are refused) and ``WORST_Q_SOURCE``
+floored softmax), and ``WORST_Q_SOURCE``
 (where the ``worst_q`` attack reads individual Q-values, default the critic).
 """
 
@@ -164,7 +164,7 @@ class TrainProgram:
 
 def make_train(config) -> TrainProgram:
     """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
-    from tram.attacks.deploy import gate_perturbation, make_worst_q_perturbation
+    from tram.attacks.deploy import gate_perturbation
     from tram.attacks.perturb import make_perturbation
 
     cfg = config.learner
@@ -172,19 +172,11 @@ def make_train(config) -> TrainProgram:
     mod = learner_module(cfg.name)
     attack_cfg = config.attack
     attacking = attack_cfg.method != "none"
-    supported = getattr(mod, "SUPPORTED_ATTACKS", None)
-    if supported is not None and attack_cfg.method not in supported:
-        from tram.learners import LEARNER_CONFIGS
-
-        able = [n for n in LEARNER_CONFIGS
-                if attack_cfg.method in getattr(learner_module(n), "SUPPORTED_ATTACKS", (attack_cfg.method,))]
-        raise ValueError(f"attack method {attack_cfg.method!r} needs a policy-gradient learner ({', '.join(able)}); "
-                         f"{cfg.name} supports {', '.join(supported)}")
     agent = resolve_attacked_agent(attack_cfg.agent, env) if attacking else None
     perturb = None
     if attacking:
-        perturb = (make_worst_q_perturbation(attack_cfg, getattr(mod, "WORST_Q_SOURCE", "critic"))
-                   if attack_cfg.method == "worst_q" else make_perturbation(attack_cfg))
+        # which learners accept which method is checked by TrainConfig, from tram.attacks.methods
+        perturb = make_perturbation(attack_cfg, getattr(mod, "WORST_Q_SOURCE", "critic"))
     train_attack = attacking and attack_cfg.attack_at in ("train", "both")
     test_attack = attacking and attack_cfg.attack_at in ("test", "both")
     select_actions = getattr(mod, "select_actions", None)

@@ -188,16 +188,26 @@ def _slug(text: str) -> str:
 def run_name(config: Mapping[str, Any]) -> str:
     """Directory name of a run: readable fields plus a hash of the whole resolved config.
 
-    ``{env}-{learner}-{method}[-fa{f_a}-kl{kl_u}]-{steps}steps-{hash8}``, e.g.
-    ``3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d``; the budget is left out of the readable part for
-    method ``none``. The hash (:func:`config_hash`) covers every value except ``versions``,
+    ``{env}-{learner}-{method}[-fa{f_a}[-kl{kl_u}][-{attack_at}]]-{steps}steps-{hash8}``, e.g.
+    ``3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d``: the budget is left out of the readable part for
+    method ``none``, ``kl{kl_u}`` for a method without a KL budget, and ``attack_at`` is
+    there for a method the report tells apart by it (``worst_q``); both read from the
+    method's entry of :data:`tram.attacks.methods.ATTACK_METHODS`. The hash
+    (:func:`config_hash`) covers every value except ``versions``,
     so two configs differing in any value (seeds, a learner hyper-parameter, ...) get
     different names, and the same config always gets the same name.
 
     Args:
         config: the resolved config dict (``TrainConfig.to_dict()`` plus ``versions``), with
             at least ``env.name``, ``learner.name``, ``attack.method`` and ``run.steps``.
+            A method that is not in the table (a config never validated) is named as one
+            with a KL budget.
+
+    Raises:
+        ValueError: a key is missing.
     """
+    from tram.attacks.methods import ATTACK_METHODS, CLEAN
+
     try:
         env = config["env"]["name"]
         learner = config["learner"]["name"]
@@ -208,11 +218,14 @@ def run_name(config: Mapping[str, Any]) -> str:
         raise ValueError(
             f"run_name needs env.name, learner.name, attack.method and run.steps; missing {e}"
         ) from None
+    entry = ATTACK_METHODS.get(method)
     parts = [_slug(env), _slug(learner), _slug(method)]
-    if method == "worst_q":  # a deploy-time attack has no KL budget; name where it acts
-        parts += [f"fa{_short_number(attack['f_a'])}", str(attack.get("attack_at", "train"))]
-    elif method != "none":
-        parts += [f"fa{_short_number(attack['f_a'])}", f"kl{_short_number(attack['kl_u'])}"]
+    if method != CLEAN:
+        parts.append(f"fa{_short_number(attack['f_a'])}")
+        if entry is None or entry.has_kl_budget:
+            parts.append(f"kl{_short_number(attack['kl_u'])}")
+        if entry is not None and entry.variants:  # e.g. the worst-Q attack: name where it acts
+            parts.append(_slug(attack.get("attack_at", "train")))
     parts += [f"{_short_steps(steps)}steps", config_hash(config)]
     return "-".join(parts)
 
@@ -818,12 +831,15 @@ class Run:
 
     @property
     def method(self) -> str:
-        """The attack method; the deploy-time ``worst_q`` attack is told apart by where it
-        acts (``worst_q_test``, ``worst_q_train``, ``worst_q_both``), as Fig. 1 compares them."""
+        """The attack method as the report keys it (:meth:`AttackMethod.series`): the method's
+        name, or ``{name}_{attack_at}`` for a method with ``variants`` (``worst_q_test``,
+        ``worst_q_train``, ``worst_q_both``, as Fig. 1 compares them). A method that is not
+        in the table is returned as stored (the report then refuses it, naming it)."""
+        from tram.attacks.methods import ATTACK_METHODS
+
         attack = self.config["attack"]
-        if attack["method"] == "worst_q":
-            return f"worst_q_{attack.get('attack_at', 'train')}"
-        return str(attack["method"])
+        entry = ATTACK_METHODS.get(attack["method"])
+        return str(attack["method"]) if entry is None else entry.series(attack.get("attack_at", "train"))
 
     @property
     def f_a(self) -> float | None:
@@ -832,8 +848,12 @@ class Run:
 
     @property
     def kl_u(self) -> float | None:
-        """KL upper bound, ``None`` for method ``none`` and for the worst-Q attack (no KL budget)."""
-        if self.method == "none" or self.config["attack"]["method"] == "worst_q":
+        """KL upper bound, ``None`` for method ``none`` and for a method without a KL budget
+        (the worst-Q attack)."""
+        from tram.attacks.methods import ATTACK_METHODS
+
+        entry = ATTACK_METHODS.get(self.config["attack"]["method"])
+        if self.method == "none" or (entry is not None and not entry.has_kl_budget):
             return None
         return float(self.config["attack"]["kl_u"])
 

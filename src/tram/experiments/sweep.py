@@ -5,9 +5,9 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
 
     envs: [3m, 2s3z]            # required
     learners: [dop]             # default [dop]
-    methods: [none, random, jbased, var]   # default: all four
+    methods: [none, var, jbased, random]   # default: none and every method with a KL budget
     f_a: [1.0]                  # default [1.0]; ignored for method none
-    kl_u: [6.0]                 # default [6.0]; ignored for method none
+    kl_u: [6.0]                 # default [6.0]; ignored for methods without a KL budget
     seeds: 5                    # a count (seeds 0..4) or a list of seeds
     steps: 2e6
     eval_interval: 10000
@@ -15,8 +15,10 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
     attacked_agent: 0           # index or unit type, or a map env -> agent
     set: {learner.critic_lr: 1e-4}   # any TrainConfig field, as `tram train --set`
 
-A clean cell (method ``none``) does not depend on f_A or KL_U, so the grid holds it once
-per (env, learner). Finished cells are skipped (the run store knows them), a failing cell
+Methods are the names of :data:`tram.attacks.methods.ATTACK_METHODS`. A clean cell (method
+``none``) does not depend on f_A or KL_U, so the grid holds it once per (env, learner); a
+method without a KL budget (``worst_q``) holds KL_U at its default, once per f_A. Unset keys
+take the config defaults (:func:`tram.config.build_train_config` builds every cell). Finished cells are skipped (the run store knows them), a failing cell
 is reported and the sweep goes on, and the failures are listed at the end.
 
 Compiled programs are shared through JAX's persistent compilation cache
@@ -38,12 +40,14 @@ from typing import Any, Callable
 
 import yaml
 
-from tram.config import ConfigError, TrainConfig, parse_seeds, real_number, whole_number
+from tram.attacks.methods import ATTACK_METHODS, CLEAN, attack_method
+from tram.attacks.perturb import AttackConfig
+from tram.config import ConfigError, RunConfig, TrainConfig, build_train_config, parse_seeds, real_number, whole_number
 
 SWEEP_KEYS = {
     "envs": "list of environment names (see `tram envs`)",
     "learners": "list of learners: dop, coma",
-    "methods": "list of attack methods: none, random, var, jbased",
+    "methods": f"list of attack methods: {', '.join(ATTACK_METHODS)}",
     "f_a": "list of attack frequencies in [0, 1]",
     "kl_u": "list of KL budgets >= 0",
     "seeds": "a seed count or a list of seeds",
@@ -53,7 +57,12 @@ SWEEP_KEYS = {
     "attacked_agent": "index or unit type, or a map env -> agent",
     "set": "map of section.field -> value overrides",
 }
-DEFAULT_METHODS = ("none", "random", "jbased", "var")
+
+
+def default_methods() -> tuple[str, ...]:
+    """The ``methods`` of a sweep file that gives none: ``none`` and every method of the
+    table with a KL budget (the paper's grid: var, jbased, random), in table order."""
+    return (CLEAN,) + tuple(n for n, m in ATTACK_METHODS.items() if m.has_kl_budget)
 
 
 class SweepError(ConfigError):
@@ -82,11 +91,9 @@ def _whole(value, key: str) -> int:
         raise SweepError(str(e), key) from None
 
 
-def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
-    """Expands a sweep spec (the parsed YAML) into validated, de-duplicated configs."""
-    from tram.cli import apply_overrides
-    from tram.config import EnvConfig, RunConfig
-    from tram.attacks.perturb import AttackConfig
+def expand_grid(spec: dict[str, Any], sets: list[str] = ()) -> list[TrainConfig]:
+    """Expands a sweep spec (the parsed YAML) into validated, de-duplicated configs; ``sets``
+    (``section.field=value`` texts) apply to every cell after the spec's ``set``."""
     from tram.learners import LEARNER_CONFIGS
 
     if not isinstance(spec, dict):
@@ -96,43 +103,41 @@ def expand_grid(spec: dict[str, Any]) -> list[TrainConfig]:
         raise SweepError(f"unknown sweep key(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(SWEEP_KEYS)}")
     if "envs" not in spec:
         raise SweepError(f"sweep key 'envs' is required ({SWEEP_KEYS['envs']})")
+    attack_default, run_default = AttackConfig(), RunConfig()
     envs = [str(e) for e in _as_list(spec["envs"], "envs")]
     learners = [str(x) for x in _as_list(spec.get("learners", ["dop"]), "learners")]
-    methods = [str(x) for x in _as_list(spec.get("methods", list(DEFAULT_METHODS)), "methods")]
-    f_as = [_number(x, "f_a") for x in _as_list(spec.get("f_a", [1.0]), "f_a")]
-    kl_us = [_number(x, "kl_u") for x in _as_list(spec.get("kl_u", [6.0]), "kl_u")]
+    methods = [str(x) for x in _as_list(spec.get("methods", list(default_methods())), "methods")]
+    f_as = [_number(x, "f_a") for x in _as_list(spec.get("f_a", [attack_default.f_a]), "f_a")]
+    kl_us = [_number(x, "kl_u") for x in _as_list(spec.get("kl_u", [attack_default.kl_u]), "kl_u")]
     try:
-        seeds = parse_seeds(spec.get("seeds", 5), "sweep key 'seeds'")
+        seeds = parse_seeds(spec.get("seeds", list(run_default.seeds)), "sweep key 'seeds'")
     except ConfigError as e:
         raise SweepError(str(e), "seeds") from None
-    steps = _whole(spec.get("steps", 2e6), "steps")
-    eval_interval = _whole(spec.get("eval_interval", 10_000), "eval_interval")
-    test_episodes = _whole(spec.get("test_episodes", 32), "test_episodes")
-    agent_spec = spec.get("attacked_agent", 0)
+    steps = _whole(spec.get("steps", run_default.steps), "steps")
+    eval_interval = _whole(spec.get("eval_interval", run_default.eval_interval), "eval_interval")
+    test_episodes = _whole(spec.get("test_episodes", run_default.test_episodes), "test_episodes")
+    agent_spec = spec.get("attacked_agent", attack_default.agent)
     overrides = spec.get("set", {}) or {}
     if not isinstance(overrides, dict):
         raise SweepError(f"sweep key 'set': must be a map ({SWEEP_KEYS['set']}), got {overrides!r}")
     for name in learners:
         if name not in LEARNER_CONFIGS:
             raise SweepError(f"sweep key 'learners': {name!r} is unknown; accepted: {', '.join(LEARNER_CONFIGS)}")
+    cell_sets = [f"{k}={v!r}" for k, v in overrides.items()] + list(sets)
 
     configs: list[TrainConfig] = []
     seen = set()
     errors: list[str] = []
     for env, learner, method, f_a, kl_u in itertools.product(envs, learners, methods, f_as, kl_us):
-        if method == "none":
-            f_a, kl_u = 1.0, 6.0
-        agent = agent_spec.get(env, 0) if isinstance(agent_spec, dict) else agent_spec
-        if method == "none":
-            agent = 0  # a clean cell has no attacked agent (config.py refuses one)
+        agent = agent_spec.get(env, attack_default.agent) if isinstance(agent_spec, dict) else agent_spec
+        entry = ATTACK_METHODS.get(method)
+        if method == CLEAN:  # a clean cell has no budget and no attacked agent (config.py refuses them)
+            f_a, kl_u, agent = attack_default.f_a, attack_default.kl_u, attack_default.agent
+        elif entry is not None and not entry.has_kl_budget:
+            kl_u = attack_default.kl_u
         try:
-            base = TrainConfig(
-                env=EnvConfig(name=env),
-                learner=LEARNER_CONFIGS[learner](),
-                attack=AttackConfig(method=method, f_a=f_a, kl_u=kl_u, agent=agent),
-                run=RunConfig(steps=steps, seeds=seeds, eval_interval=eval_interval, test_episodes=test_episodes),
-            )
-            cfg = TrainConfig.from_dict(apply_overrides(base.to_dict(), [f"{k}={v!r}" for k, v in overrides.items()]))
+            cfg = build_train_config(env, learner, method, steps=steps, seeds=seeds, f_a=f_a, kl_u=kl_u, agent=agent,
+                                     eval_interval=eval_interval, test_episodes=test_episodes, sets=cell_sets)
         except ConfigError as e:  # every cell is checked before any runs; the first bad one is named
             errors.append(f"sweep cell (env={env}, learner={learner}, method={method}, f_a={f_a:g}, "
                           f"kl_u={kl_u:g}): {e}")
@@ -180,13 +185,13 @@ class CellResult:
 
 def _cell_label(cfg: TrainConfig) -> str:
     a = cfg.attack
-    if a.method == "none":
+    entry = attack_method(a.method)
+    if a.method == CLEAN:
         att = "clean"
-    elif a.method == "worst_q":
-        att = f"worst_q fA={a.f_a:g} at {a.attack_at}"
     else:
-        att = f"{a.method} fA={a.f_a:g} KL={a.kl_u:g}"
-    if a.method != "none" and a.attack_start:
+        att = f"{a.method} fA={a.f_a:g}" + (f" KL={a.kl_u:g}" if entry.has_kl_budget else "") \
+            + (f" at {a.attack_at}" if entry.variants else "")
+    if a.method != CLEAN and a.attack_start:
         att += f" from step {a.attack_start:,}"
     return f"{cfg.env.name}/{cfg.learner.name}/{att}"
 

@@ -65,7 +65,8 @@ Departs from the reference, or chooses where it is silent (default, then the opt
   :mod:`tram.attacks.deploy`);
 * learner-state fields ``prev_actor_grad`` (zeros) and ``has_prev_grad`` (False) exist only
   because the training program reads them; QMIX has no policy gradient, so the
-  J-based and variance-based attacks are refused (:data:`SUPPORTED_ATTACKS`);
+  J-based and variance-based attacks are refused (their entries in
+  :data:`tram.attacks.methods.ATTACK_METHODS` do not list QMIX);
 * ``info["actor_loss"]`` is NaN (there is no actor loss); ``critic_loss`` is the TD loss.
 
 The targets and reference facts are written out in ``docs/learners.md``.
@@ -94,9 +95,6 @@ from tram.learners.nets import TorchDense
 from tram.learners.policy_gradient import episode_actor_inputs, take
 from tram.learners.timechunks import _pad_time, map_time, num_chunks, recurrent_value_and_grad, scan_time
 
-SUPPORTED_ATTACKS = ("none", "random", "worst_q")
-"""Attack methods the training program accepts for QMIX: TRAM's var and J-based directions
-need a stochastic policy and its gradient, which an epsilon-greedy Q-learner lacks."""
 
 WORST_Q_SOURCE = "actor"
 """Where the ``worst_q`` attack reads the poisoned agent's individual Q-values: the agent

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tram.experiments.store import write_text_atomic
-from tram.report.collect import ATTACK_METHODS, Store, collect_runs, fmt_num, sorted_values
+from tram.report.collect import (Store, budget_methods, collect_runs, direction_methods, fmt_num, method_order,
+                                 sorted_values)
 from tram.report.export import marl_eval_data
 from tram.report.plots import plot_attack_samples, plot_budget_curves, plot_learning_curves
 from tram.report.tables import final_table, stealth_table, write_table
@@ -35,7 +36,7 @@ def _budget_envs(store: Store, learner: str, vary: str, fixed: float) -> tuple[l
     for env in store.envs(learner):
         vals = {
             getattr(k, vary) for k in store.runs
-            if k.env == env and k.learner == learner and k.method in ATTACK_METHODS
+            if k.env == env and k.learner == learner and k.method in budget_methods()
             and getattr(k, other) == fixed
         }
         if len(vals) >= 2:
@@ -95,7 +96,7 @@ def make_report(
         # Learning curves: Figs. 2 (SMAX) and 3 (grid), at the main budget.
         for family, fig_no in (("smax", "Fig. 2"), ("grid", "Fig. 3")):
             envs = [e for e in store.envs(learner) if store.family(e) == family
-                    and any(store.get(e, learner, m, f_a, kl_u) for m in ("none", *ATTACK_METHODS))]
+                    and any(store.get(e, learner, m, f_a, kl_u) for m in method_order())]
             if envs:
                 paths = plot_learning_curves(store, learner, envs, f_a, kl_u, fig_dir,
                                              f"curves_{learner}_{family}", n_boot=n_boot)
@@ -115,7 +116,7 @@ def make_report(
         # Fig. 4: attack examples at the main budget.
         any_samples = False
         for env in store.envs(learner):
-            runs = {m: store.get(env, learner, m, f_a, kl_u) for m in ATTACK_METHODS}
+            runs = {m: store.get(env, learner, m, f_a, kl_u) for m in direction_methods()}
             runs = {m: r for m, r in runs.items() if r is not None and r.attack_samples is not None}
             if runs:
                 any_samples = True

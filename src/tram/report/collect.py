@@ -1,5 +1,9 @@
 """Load a run store for reporting: one :class:`~tram.experiments.store.Run` per
-(environment, learner, attack method, f_A, KL_U), plus naming, ordering and colours."""
+(environment, learner, attack method, f_A, KL_U), plus naming, ordering and colours.
+
+Labels, colours and order come from the table of attack methods
+(:data:`tram.attacks.methods.ATTACK_METHODS`), read when called; a run whose method is not in
+the table is an error naming the run and the method (:func:`collect_runs`)."""
 
 from __future__ import annotations
 
@@ -11,33 +15,32 @@ from typing import Literal
 
 import numpy as np
 
+from tram.attacks import methods as _methods
 from tram.experiments.store import CorruptRunError, Run, find_runs, load_run
 from tram.report.stats import curve_with_ci
+from tram.validation import ConfigError
 
 Family = Literal["smax", "grid"]
 
-METHOD_ORDER: tuple[str, ...] = ("none", "random", "jbased", "var", "worst_q_test", "worst_q_train", "worst_q_both")
-"""Legend order of attack methods."""
-ATTACK_METHODS: tuple[str, ...] = ("var", "jbased", "random")
-"""Attacked methods in the row order of the paper's Tables 1-3."""
-METHOD_LABELS: dict[str, str] = {
-    "none": "Clean (none)",
-    "random": "Random",
-    "jbased": "J-based TRAM",
-    "var": "Var-based TRAM",
-    "worst_q_test": "Worst-Q attack at test time only (deploy-time)",
-    "worst_q_train": "Worst-Q attack at training time only",
-    "worst_q_both": "Worst-Q attack at training and test time",
-}
-METHOD_COLORS: dict[str, str] = {
-    "none": "#404040",
-    "random": "#2ca02c",
-    "jbased": "#1f77b4",
-    "var": "#d62728",
-    "worst_q_test": "#ff7f0e",
-    "worst_q_train": "#8c564b",
-    "worst_q_both": "#9467bd",
-}
+
+
+def method_order() -> tuple[str, ...]:
+    """Every report key of the table (methods, and ``worst_q_test``-style variants), in the
+    order of curves, legends and tables."""
+    return _methods.series_keys()
+
+
+def budget_methods() -> tuple[str, ...]:
+    """The attacked methods with a KL budget (var, jbased, random), in table order: the rows
+    of the paper's stealth Tables 1-3 and the methods of the budget curves (Figs. 5, 6)."""
+    return tuple(n for n, m in _methods.ATTACK_METHODS.items() if m.has_kl_budget)
+
+
+def direction_methods() -> tuple[str, ...]:
+    """The methods with a direction ``delta_hat`` (Fig. 4 rows), in table order."""
+    return tuple(n for n, m in _methods.ATTACK_METHODS.items() if m.direction is not None)
+
+
 PAPER_ENV_ORDER: tuple[str, ...] = (
     "3m", "6m", "2s3z", "2s_vs_1sc", "1c3s5z", "3s5z", "10m_vs_11m", "15m", "20m",
     "spread", "gather", "formation",
@@ -53,15 +56,20 @@ METRIC_LABELS: dict[str, str] = {
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    """The label of report key ``method``; a :class:`~tram.validation.ConfigError` naming it
+    if the table has no such method."""
+    return _methods.series_label(method)
 
 
 def method_color(method: str) -> str:
-    return METHOD_COLORS.get(method, "#9467bd")
+    """The colour of report key ``method``; raises like :func:`method_label`."""
+    return _methods.series_colour(method)
 
 
 def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    """Position of report key ``method`` in :func:`method_order`; raises like :func:`method_label`."""
+    _methods.series_method(method)
+    return method_order().index(method)
 
 
 def env_sort_key(env: str) -> tuple[int, str]:
@@ -125,10 +133,10 @@ class Store:
 
     def get(self, env: str, learner: str, method: str, f_a: float | None = None,
             kl_u: float | None = None) -> Run | None:
-        if method == "none":
+        if method == _methods.CLEAN:
             f_a = kl_u = None
-        elif method.startswith("worst_q"):
-            kl_u = None  # the deploy-time attack has no KL budget
+        elif not _methods.series_method(method).has_kl_budget:
+            kl_u = None  # e.g. the deploy-time worst-Q attack
         return self.runs.get(RunKey(env, learner, method, f_a, kl_u))
 
     def family(self, env: str) -> Family:
@@ -148,7 +156,12 @@ def collect_runs(
 ) -> Store:
     """Load every run under ``root``; corrupt runs and (by default) partial runs are left out
     with a note, and when several runs share a :class:`RunKey` the finished one with the most
-    env steps, then seeds, then the first by name is kept (also noted)."""
+    env steps, then seeds, then the first by name is kept (also noted).
+
+    Raises:
+        ConfigError: a run's ``attack.method`` is not in the table of attack methods (the
+            message names the run and the method), so that no run drops out silently.
+    """
     store = Store()
 
     def note(message: str) -> None:
@@ -166,6 +179,11 @@ def collect_runs(
         if run.status != "done" and not include_partial:
             note(f"skipped unfinished run {path.name} (pass include_partial to report it)")
             continue
+        try:
+            _methods.series_method(run.method)
+        except ConfigError as e:
+            raise ConfigError(f"run {path}: {e}; add the method to tram.attacks.methods.ATTACK_METHODS "
+                              f"or move the run out of {root}", "attack.method") from None
         if len(run.seeds) == 0:
             note(f"skipped run {path.name}: no evaluation rows yet")
             continue

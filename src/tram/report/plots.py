@@ -20,15 +20,17 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from tram.experiments.store import Run, write_bytes_atomic
+from tram.attacks.methods import CLEAN, series_method
 from tram.report.collect import (
-    ATTACK_METHODS,
-    METHOD_ORDER,
     METRIC_LABELS,
     PRIMARY_METRIC,
     Store,
+    budget_methods,
+    direction_methods,
     fmt_num,
     method_color,
     method_label,
+    method_order,
     run_curve,
 )
 
@@ -87,13 +89,16 @@ def _draw_curve(ax, run: Run, metric: str, color: str, alpha: float, band: bool,
 
 
 def curves_title(learner: str, methods: Sequence[str], f_a: float, kl_u: float) -> str:
-    """The learning-curve figure's title for the drawn ``methods``: TRAM's budget when a
-    training-time attack is drawn, the worst-Q attack's frequency for Fig. 1, else none."""
-    if any(m in ATTACK_METHODS for m in methods):
+    """The learning-curve figure's title for the drawn ``methods`` (report keys): TRAM's
+    budget when a method with a KL budget is drawn, else the frequency and the label of the
+    attacks drawn (Fig. 1: the worst-Q attack), else no attack."""
+    entries = [series_method(m) for m in methods]
+    if any(e.has_kl_budget for e in entries):
         return (f"{learner.upper()} under training-time attacks ($f_A$={fmt_num(f_a)}, "
                 f"$KL^U$={fmt_num(kl_u)}); mean and 95% bootstrap CI over seeds")
-    if any(m.startswith("worst_q") for m in methods):
-        return (f"{learner.upper()}, worst-Q attack ($f_A$={fmt_num(f_a)}, from the dashed line); "
+    attacks = list(dict.fromkeys(e.label[:1].lower() + e.label[1:] for e in entries if e.name != CLEAN))
+    if attacks:
+        return (f"{learner.upper()}, {', '.join(attacks)} ($f_A$={fmt_num(f_a)}, from the dashed line); "
                 f"mean, 95% bootstrap CI")
     return f"{learner.upper()}; mean and 95% bootstrap CI over seeds"
 
@@ -118,7 +123,7 @@ def plot_learning_curves(
         present: list[str] = []
         for ax, env in zip(axes, envs):
             metric = PRIMARY_METRIC[store.family(env)]
-            for method in METHOD_ORDER:
+            for method in method_order():
                 run = store.get(env, learner, method, f_a, kl_u)
                 if run is None:
                     continue
@@ -168,7 +173,7 @@ def plot_budget_curves(
                 _draw_curve(ax, clean, metric, method_color("none"), 1.0, show_ci, n_boot)
                 if "none" not in present:
                     present.append("none")
-            for method in ATTACK_METHODS[::-1]:
+            for method in budget_methods()[::-1]:
                 for value, alpha in zip(values, alphas):
                     budget = {vary: value, other: fixed}
                     run = store.get(env, learner, method, budget["f_a"], budget["kl_u"])
@@ -178,7 +183,7 @@ def plot_budget_curves(
                     if method not in present:
                         present.append(method)
             _style_axis(ax, env, METRIC_LABELS[metric], metric)
-        present.sort(key=METHOD_ORDER.index)
+        present.sort(key=method_order().index)
         handles = [Line2D([], [], color=method_color(m), linewidth=2) for m in present]
         labels = [method_label(m) for m in present]
         handles += [Line2D([], [], color="black", alpha=float(a), linewidth=2) for a in alphas]
@@ -221,7 +226,7 @@ def plot_attack_samples(
     Args:
         runs: method -> run with ``attack_samples``.
     """
-    methods = [m for m in ("jbased", "var", "random") if m in runs and runs[m].attack_samples is not None]
+    methods = [m for m in direction_methods() if m in runs and runs[m].attack_samples is not None]
     if not methods:
         raise ValueError(f"no attack samples to plot for {env}")
     with matplotlib.rc_context(_RC):

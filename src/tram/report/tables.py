@@ -26,10 +26,10 @@ from tabulate import tabulate
 
 from tram.experiments.store import format_value, write_text_atomic
 from tram.report.collect import (
-    ATTACK_METHODS,
     METRIC_LABELS,
     PRIMARY_METRIC,
     Store,
+    budget_methods,
     final_values,
     finite_seed_means,
     fmt_num,
@@ -127,7 +127,7 @@ def stealth_table(
 ) -> tuple[Table | None, list[str]]:
     """Table 1 (``vary=None``: one column per map at ``f_a``, ``kl_u``), Table 2
     (``vary="f_a"`` at ``kl_u``) or Table 3 (``vary="kl_u"`` at ``f_a``); rows are the
-    attacked methods (var, J, random) as in the paper.
+    methods with a KL budget in table order (var, J, random, as in the paper).
 
     Each cell holds both averages of Eq. 3 (see the module docstring): the CSV has a column
     ``<map>`` (``stealth_loglik``, every step) and a column ``<map> alive``
@@ -144,7 +144,8 @@ def stealth_table(
     """
     name = f"Table {number}"
     symbol = {"f_a": "f_A", "kl_u": "KL_U"}
-    attacked = [k for k in store.keys() if k.learner == learner and k.method in ATTACK_METHODS]
+    rows_methods = budget_methods()
+    attacked = [k for k in store.keys() if k.learner == learner and k.method in rows_methods]
     envs = [e for e in store.envs(learner) if any(k.env == e for k in attacked)]
     if vary is None:
         cols_by_env = {e: [(f_a, kl_u)] for e in envs}
@@ -167,14 +168,14 @@ def stealth_table(
         have = ", ".join(envs) or "none"
         need = "" if vary is None else f" at two or more values of {symbol[vary]}"
         messages.append(
-            f"{name} ({learner}) skipped: needs var, jbased and random runs{need} ({what}) "
+            f"{name} ({learner}) skipped: needs {', '.join(rows_methods)} runs{need} ({what}) "
             f"on some map; maps with attacked runs: {have}"
         )
         return None, messages
     complete: dict[str, list[float]] = {}
     for env, cols in cols_by_env.items():
         missing, cells = [], []
-        for method in ATTACK_METHODS:
+        for method in rows_methods:
             for fa, kl in cols:
                 every = stealth_value(store, env, learner, method, fa, kl, STEALTH_METRIC)
                 alive = stealth_value(store, env, learner, method, fa, kl, STEALTH_ALIVE_METRIC)
@@ -197,7 +198,7 @@ def stealth_table(
             display_headers.append(label)
     rows, display_rows = [], []
     legacy = False
-    for m_i, method in enumerate(ATTACK_METHODS):
+    for m_i, method in enumerate(rows_methods):
         row: list = [method_label(method)]
         shown = [method_label(method)]
         for env, cells in complete.items():
