@@ -97,7 +97,8 @@ def single_action_ctxs():
         ctxs.append(ActingContext(
             logits=logits, avail=jnp.asarray(avail), q_values=jnp.asarray(rng.normal(size=A), jnp.float32),
             mix_weight=jnp.float32(0.7), actor_params=params, actor_hidden=jnp.asarray(h), actor_input=jnp.asarray(x),
-            prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.3)))
+            prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.3),
+            hidden_tangent=jnp.zeros(H, jnp.float32)))  # episode start: the exact J-based carry is 0
     return ctxs
 
 
