@@ -72,3 +72,18 @@ def test_seed_mode_is_validated_and_not_part_of_the_run_identity():
     assert TrainConfig.from_dict({"run": {"seed_mode": "map"}}).run.seed_mode == "map"
     with pytest.raises(ValueError, match="run.seed_mode"):
         over_seeds(make_train(_config(dop.DOPConfig())), "pmap")
+
+
+def test_seed_mode_is_an_execution_setting_settable_everywhere():
+    """``--set run.seed_mode=vmap`` reaches the config (CLI, sweeps, reproduce all build through
+    build_train_config), survives the hand-over to a sweep worker (``to_dict(execution=True)``),
+    and stays out of the run's identity (config.json and the hash: same run directory)."""
+    from tram.config import TrainConfig, build_train_config
+    from tram.experiments import store
+
+    v = build_train_config("gather", "dop", sets=["run.seed_mode=vmap"])
+    m = build_train_config("gather", "dop")
+    assert (v.run.seed_mode, m.run.seed_mode) == ("vmap", "map")
+    assert "seed_mode" not in v.to_dict()["run"]
+    assert TrainConfig.from_dict(v.to_dict(execution=True)).run.seed_mode == "vmap"
+    assert store.run_name(v.to_dict()) == store.run_name(m.to_dict())

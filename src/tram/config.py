@@ -233,11 +233,16 @@ class TrainConfig:
         """The poisoned agent's index on this environment, or ``None`` for a clean run."""
         return None if self.attack.method == CLEAN else resolve_agent(self.attack.agent, self.env.spec)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, execution: bool = False) -> dict[str, Any]:
+        """The config as plain JSON values. By default the run's identity (what ``config.json``
+        holds and the run's hash covers): execution settings that do not change the numbers
+        (``run.seed_mode``) are left out. ``execution=True`` keeps them, for handing the
+        config to another process or applying ``--set`` overrides."""
         d = dataclasses.asdict(self)
         d["env"]["options"] = dict(self.env.options)
         d["run"]["seeds"] = list(self.run.seeds)
-        del d["run"]["seed_mode"]  # an execution setting (RunConfig.seed_mode), not part of the run's identity
+        if not execution:
+            del d["run"]["seed_mode"]  # an execution setting (RunConfig.seed_mode), not part of the run's identity
         return d
 
     @classmethod
@@ -364,7 +369,7 @@ def build_train_config(env: str | None = None, learner: str | None = None, attac
                                     test_episodes=test_episodes).items() if v is not None}
     base = TrainConfig(env=EnvConfig() if env is None else EnvConfig(name=env), learner=LEARNER_CONFIGS[learner](),
                        attack=AttackConfig(**attack_kw), run=RunConfig(**run_kw))
-    return TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
+    return TrainConfig.from_dict(apply_overrides(base.to_dict(execution=True), sets))
 
 
 def resolve_agent(agent: int | str, spec) -> int:

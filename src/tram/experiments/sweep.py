@@ -237,7 +237,7 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
         for i, cfg in enumerate(todo):
             log(f"[{i + 1}/{len(todo)}] {_cell_label(cfg)}")
             try:
-                results.append(CellResult(cfg, _run_local(cfg.to_dict(), out, checkpoint_every_s, keep_branch_point),
+                results.append(CellResult(cfg, _run_local(cfg.to_dict(execution=True), out, checkpoint_every_s, keep_branch_point),
                                           None))
             except Exception as e:  # noqa: BLE001 - a failing cell must not stop the sweep
                 log(f"[fail] {_cell_label(cfg)}: {type(e).__name__}: {e}")
@@ -260,7 +260,7 @@ def run_sweep(configs: list[TrainConfig], out: str | Path, backend: str = "local
         # with GPUs each cell asks for one (one cell per GPU); on CPUs, one core per cell.
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_cpus=1, num_gpus=gpus)(_run_local)
-        futures = {remote.remote(cfg.to_dict(), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
+        futures = {remote.remote(cfg.to_dict(execution=True), str(Path(out).resolve()), checkpoint_every_s, keep_branch_point): cfg
                    for cfg in todo}
         pending = list(futures)
         done_count = 0
