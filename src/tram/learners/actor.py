@@ -27,6 +27,18 @@ import jax.numpy as jnp
 from tram.learners.nets import TorchDense, torch_linear_init
 
 
+def gru_update(gi: jax.Array, gh: jax.Array, h: jax.Array) -> jax.Array:
+    """PyTorch's GRU update from the input gates ``gi [..., 3H]`` (``W_i x + b_i``), the
+    hidden gates ``gh [..., 3H]`` (``W_h h + b_h``) and ``h [..., H]``, in PyTorch's gate order
+    (r, z, n). Returns ``h' [..., H]``."""
+    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(i_r + h_r)
+    z = jax.nn.sigmoid(i_z + h_z)
+    n = jnp.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h
+
+
 class TorchGRUCell(nn.Module):
     """PyTorch ``nn.GRUCell`` equations and initialisation.
 
@@ -41,12 +53,7 @@ class TorchGRUCell(nn.Module):
         init = torch_linear_init(self.hidden)
         gi = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="input")(x)
         gh = nn.Dense(3 * self.hidden, kernel_init=init, bias_init=init, name="hidden")(h)
-        i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-        r = jax.nn.sigmoid(i_r + h_r)
-        z = jax.nn.sigmoid(i_z + h_z)
-        n = jnp.tanh(i_n + r * h_n)
-        return (1.0 - z) * n + z * h
+        return gru_update(gi, gh, h)
 
 
 class RNNActor(nn.Module):
@@ -80,13 +87,7 @@ def gru_from_gates(params, h: jax.Array, gi: jax.Array) -> jax.Array:
     """The recurrent part of :class:`RNNActor`: PyTorch's GRU update from the input gates
     ``gi [..., 3H]`` (:func:`input_gates`) and the hidden state ``h [..., H]`` -> ``h' [..., H]``."""
     p = params["params"]["rnn"]["hidden"]
-    gh = h @ p["kernel"] + p["bias"]
-    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(i_r + h_r)
-    z = jax.nn.sigmoid(i_z + h_z)
-    n = jnp.tanh(i_n + r * h_n)
-    return (1.0 - z) * n + z * h
+    return gru_update(gi, h @ p["kernel"] + p["bias"], h)
 
 
 def logits_head(params, h: jax.Array) -> jax.Array:

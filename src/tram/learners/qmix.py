@@ -85,7 +85,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tram.learners.actor import RNNActor
+from tram.learners.actor import RNNActor, gru_update
 from tram.learners.common import boolean, positive_int, rmsprop, unit_interval
 from tram.learners.episodes import (
     EpisodeBuffer, Episodes, buffer_add, buffer_init, buffer_sample_uniform, empty_episodes, episodes_nbytes,
@@ -398,13 +398,7 @@ def agent_gru_step(agent_params, h: jax.Array, gi: jax.Array) -> jax.Array:
     """One GRU step of the agent network from its precomputed input gates ``gi [..., 3H]``
     (:func:`agent_input_layers`): PyTorch's ``GRUCell`` equations. ``-> h' [..., H]``."""
     _, _, gru_h, _ = _agent_layers(agent_params)
-    gh = jnp.matmul(h, gru_h["kernel"]) + gru_h["bias"]
-    i_r, i_z, i_n = jnp.split(gi, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
-    r = jax.nn.sigmoid(i_r + h_r)
-    z = jax.nn.sigmoid(i_z + h_z)
-    n = jnp.tanh(i_n + r * h_n)
-    return (1.0 - z) * n + z * h
+    return gru_update(gi, jnp.matmul(h, gru_h["kernel"]) + gru_h["bias"], h)
 
 
 def agent_head(agent_params, h: jax.Array) -> jax.Array:
