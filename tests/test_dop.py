@@ -168,7 +168,8 @@ def _config(method="none", seeds=(0,), steps=1500, **attack):
 
     return TrainConfig(
         env=EnvConfig("gather"),
-        learner=dop.DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64, buffer_size=32),
+        learner=dop.DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64, buffer_size=32, rnn_hidden=16,
+                              critic_hidden=32, mixing_embed=8),
         attack=AttackConfig(method=method, **attack),
         run=RunConfig(steps=steps, seeds=seeds, eval_interval=500, test_episodes=4),
     )

@@ -137,7 +137,7 @@ def _run(env, learner, attack, steps):
 def test_inside_training_grid_equal_and_3m_scaled_by_the_alive_share():
     from tram.learners.coma import COMAConfig
 
-    learner = COMAConfig(epsilon_anneal_steps=2000)
+    learner = COMAConfig(epsilon_anneal_steps=2000, rnn_hidden=16, critic_hidden=32)
     attack = AttackConfig(method="random", f_a=1.0, kl_u=2.0)
     grid = _run("spread", learner, attack, 1000)
     every, alive = grid.stealth_loglik[0, 1:], grid.stealth_loglik_alive[0, 1:]
