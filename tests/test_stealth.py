@@ -97,7 +97,9 @@ def single_action_ctxs():
         ctxs.append(ActingContext(
             logits=logits, avail=jnp.asarray(avail), q_values=jnp.asarray(rng.normal(size=A), jnp.float32),
             mix_weight=jnp.float32(0.7), actor_params=params, actor_hidden=jnp.asarray(h), actor_input=jnp.asarray(x),
-            prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.3)))
+            prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.3),
+            # J-based's default exact recurrent gradient reads the carried d h / d theta . g_prev
+            hidden_tangent=jnp.asarray(rng.normal(size=H), jnp.float32)))
     return ctxs
 
 
