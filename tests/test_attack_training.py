@@ -2,6 +2,8 @@
 bit; the KL budget holds over a real run; var-based TRAM hurts learning on a grid task
 (CI); on 3m var and J end below random and random near clean (slow)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,27 +26,48 @@ def run(env, learner, attack, seeds=(0,), **run_kw):
 
 
 def small_dop():
-    return DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64)
+    return DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64, rnn_hidden=16, critic_hidden=32, mixing_embed=8)
+
+
+def small_coma():
+    return COMAConfig(epsilon_anneal_steps=2000, rnn_hidden=16, critic_hidden=32)
 
 
 TRAINING_FIELDS = ("env_steps", "test_return", "test_won", "train_return", "critic_loss", "actor_loss")
 
+# Budgets that admit no perturbation. J-based carries the hidden-state tangent
+# (recurrent_grad "exact", the default); the exact var Gram carries the episode's inputs:
+# neither may change the run.
+ZERO_BUDGETS = {
+    "var-fa0": AttackConfig(method="var", f_a=0.0, kl_u=6.0),
+    "jbased-kl0": AttackConfig(method="jbased", f_a=1.0, kl_u=0.0),
+    "var_exact-kl0": AttackConfig(method="var", f_a=1.0, kl_u=0.0, var_gram="exact"),
+    "random-fa0": AttackConfig(method="random", f_a=0.0, kl_u=6.0),
+}
+# Each budget is checked with one learner in the default run (each attacked program is a
+# full compilation); every learner x budget pair with `pytest -m slow`.
+_DEFAULT_PAIRS = {("dop", "jbased-kl0"), ("dop", "var-fa0"), ("coma", "var_exact-kl0"), ("coma", "random-fa0")}
+_LEARNERS = {"dop": small_dop, "coma": small_coma}
 
-@pytest.mark.parametrize("learner", [small_dop(), COMAConfig(epsilon_anneal_steps=2000)], ids=["dop", "coma"])
-def test_budgets_without_perturbation_equal_the_clean_run(learner):
-    state_c, clean = run("gather", learner, AttackConfig(method="none"))
+
+@functools.lru_cache(maxsize=None)
+def _clean_gather(learner: str):
+    return run("gather", _LEARNERS[learner](), AttackConfig(method="none"))
+
+
+@pytest.mark.parametrize("learner,budget", [
+    pytest.param(ln, b, id=f"{ln}-{b}", marks=() if (ln, b) in _DEFAULT_PAIRS else pytest.mark.slow)
+    for ln in _LEARNERS for b in ZERO_BUDGETS])
+def test_budgets_without_perturbation_equal_the_clean_run(learner, budget):
+    state_c, clean = _clean_gather(learner)
     assert float(clean.updates[0, -1]) > 0
-    # J-based carries the hidden-state tangent (recurrent_grad "exact", the default); the
-    # exact var Gram carries the episode's inputs: neither may change the run.
-    for attack in (AttackConfig(method="var", f_a=0.0, kl_u=6.0), AttackConfig(method="jbased", f_a=1.0, kl_u=0.0),
-                   AttackConfig(method="var", f_a=1.0, kl_u=0.0, var_gram="exact"),
-                   AttackConfig(method="random", f_a=0.0, kl_u=6.0)):
-        state_a, attacked = run("gather", learner, attack)
-        for f in TRAINING_FIELDS:
-            np.testing.assert_array_equal(np.asarray(getattr(attacked, f)), np.asarray(getattr(clean, f)),
-                                          err_msg=f"{attack}: {f}")
-        for a, b in zip(jax.tree.leaves(state_a.learner.actor_params), jax.tree.leaves(state_c.learner.actor_params)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    attack = ZERO_BUDGETS[budget]
+    state_a, attacked = run("gather", _LEARNERS[learner](), attack)
+    for f in TRAINING_FIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(attacked, f)), np.asarray(getattr(clean, f)),
+                                      err_msg=f"{attack}: {f}")
+    for a, b in zip(jax.tree.leaves(state_a.learner.actor_params), jax.tree.leaves(state_c.learner.actor_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("method", ["random", "jbased", "var"])
@@ -62,12 +85,15 @@ def test_kl_budget_holds_over_a_training_run(method):
         assert np.nanmax(np.asarray(m.fallback_frac)) > 0
 
 
-def test_var_attack_lowers_the_final_return_on_gather():
-    seeds = (0, 1)
-    kw = dict(steps=80_000, eval_interval=20_000, test_episodes=32)
-    learner = DOPConfig(epsilon_anneal_steps=20_000, off_buffer_size=500)
-    _, clean = run("gather", learner, AttackConfig(method="none"), seeds=seeds, **kw)
-    _, var = run("gather", learner, AttackConfig(method="var", f_a=1.0, kl_u=6.0), seeds=seeds, **kw)
+def test_var_attack_lowers_the_final_return_on_gather(gather_dop_clean):
+    # the clean run is tests/conftest.py's (also DOP's learning check): seeds 0 and 1, 80k
+    # steps, evaluations every 20k, DOP with a 20k-step exploration schedule and a
+    # 500-episode off-policy buffer; the attacked run has the same settings.
+    from conftest import GATHER_DOP_RUN, GATHER_DOP_SEEDS, gather_dop_learner
+
+    clean = gather_dop_clean
+    _, var = run("gather", gather_dop_learner(), AttackConfig(method="var", f_a=1.0, kl_u=6.0),
+                 seeds=GATHER_DOP_SEEDS, **GATHER_DOP_RUN)
     # the mean test return over all evaluations after step 0 (the area under the curve)
     # and the final return (mean of the last two evaluations). Seen here (seeds 0-3):
     # clean AUC -26..-37, final -13..-18; var AUC -60..-74, final -32..-41.

@@ -7,8 +7,9 @@ After each fault the run either ends up equal, file by file, to the uninterrupte
 ``summary.json`` except its timing fields), or the fault is reported in one line naming the
 file, with an exit code, and without a traceback.
 
-Kept fast: the Gather grid task, 2 seeds, 2000 steps, tiny buffers, 2 test episodes; the
-``tram`` command runs in subprocesses, so a kill is a real kill.
+Kept fast: the Gather grid task, 2 seeds, 2000 steps, tiny networks and buffers, 2 test
+episodes, one config for every ``tram train`` (compiled once per session: tests/conftest.py);
+the ``tram`` command runs in subprocesses, so a kill is a real kill.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ from tram.experiments import store
 SRC = Path(tram.__file__).resolve().parents[1]
 TRAM = str(Path(sys.executable).parent / "tram")
 ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+# One tiny config for every run of this file (small networks and buffers): the subprocesses
+# and the in-process runs compile the same program once per session, then load it from the
+# session's compilation cache (tests/conftest.py sets TRAM_COMPILE_CACHE, inherited here).
+TINY_DOP = {"learner.off_buffer_size": 64, "learner.rnn_hidden": 16, "learner.critic_hidden": 32,
+            "learner.mixing_embed": 8}
+TINY_QMIX = {"learner.buffer_size": 64, "learner.rnn_hidden": 16, "learner.hypernet_embed": 16,
+             "learner.mixing_embed": 8}
 ARGS = ["train", "--env", "gather", "--learner", "dop", "--attack", "var", "--steps", "2000",
         "--eval-interval", "250", "--seeds", "2", "--test-episodes", "2",
-        "--set", "learner.off_buffer_size=64", "--no-progress"]
+        *(a for k, v in TINY_DOP.items() for a in ("--set", f"{k}={v}")), "--no-progress"]
 N_WINDOWS = 9  # evaluations at 0, 250, ..., 2000
 TIMING = ("steps_per_second", "wall_time_s", "first_window_s_incl_compile")
 
@@ -352,8 +360,8 @@ def test_resume_after_kill_equals_uninterrupted_for_every_method(learner, method
     from tram.experiments import runner
     from tram.experiments.sweep import expand_grid
 
-    small = {"learner.off_buffer_size": 64} if learner == "dop" else {"learner.buffer_size": 64,
-                                                                       "attack.attack_at": "both"}
+    # the same tiny networks and buffers as ARGS (dop-var is ARGS's program: loaded, not compiled)
+    small = TINY_DOP if learner == "dop" else {**TINY_QMIX, "attack.attack_at": "both"}
     spec = {"envs": ["gather"], "learners": [learner], "methods": [method], "seeds": 2, "steps": 750,
             "eval_interval": 250, "test_episodes": 2, "set": small}
     cfg = expand_grid(spec)[0]

@@ -173,7 +173,15 @@ def _win_rate(traj) -> float:
 # ---- every paper map ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAPER_MAPS)
+# Each map compiles its own episode program (about a minute each on a busy 2-core machine).
+# The default run covers every unit type and both symmetric and asymmetric maps (3m, 2s3z,
+# 2s_vs_1sc, 1c3s5z, 10m_vs_11m); the maps that only add more of the same units
+# (6m, 15m, 20m, 3s5z) run with `pytest -m slow`.
+_SAME_UNITS_MORE_OF_THEM = {"6m", "15m", "20m", "3s5z"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(m, marks=pytest.mark.slow) if m in _SAME_UNITS_MORE_OF_THEM else m
+                                  for m in PAPER_MAPS])
 def test_paper_map_random_episodes_jit_vmap(name):
     env = _env(name)
     spec = env.spec

@@ -98,7 +98,8 @@ def single_action_ctxs():
             logits=logits, avail=jnp.asarray(avail), q_values=jnp.asarray(rng.normal(size=A), jnp.float32),
             mix_weight=jnp.float32(0.7), actor_params=params, actor_hidden=jnp.asarray(h), actor_input=jnp.asarray(x),
             prev_actor_grad=g_prev, has_prev_grad=jnp.array(True), epsilon=jnp.float32(0.3),
-            hidden_tangent=jnp.zeros(H, jnp.float32)))  # episode start: the exact J-based carry is 0
+            # J-based's default exact recurrent gradient reads the carried d h / d theta . g_prev
+            hidden_tangent=jnp.asarray(rng.normal(size=H), jnp.float32)))
     return ctxs
 
 
@@ -138,7 +139,7 @@ def _run(env, learner, attack, steps):
 def test_inside_training_grid_equal_and_3m_scaled_by_the_alive_share():
     from tram.learners.coma import COMAConfig
 
-    learner = COMAConfig(epsilon_anneal_steps=2000)
+    learner = COMAConfig(epsilon_anneal_steps=2000, rnn_hidden=16, critic_hidden=32)
     attack = AttackConfig(method="random", f_a=1.0, kl_u=2.0)
     grid = _run("spread", learner, attack, 1000)
     every, alive = grid.stealth_loglik[0, 1:], grid.stealth_loglik_alive[0, 1:]

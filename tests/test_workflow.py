@@ -25,7 +25,8 @@ TINY = {
     "steps": 1500,
     "eval_interval": 250,
     "test_episodes": 4,
-    "set": {"learner.off_buffer_size": 64, "learner.epsilon_anneal_steps": 1000},
+    "set": {"learner.off_buffer_size": 64, "learner.epsilon_anneal_steps": 1000, "learner.rnn_hidden": 16,
+            "learner.critic_hidden": 32, "learner.mixing_embed": 8},
 }
 
 
@@ -54,7 +55,7 @@ def test_sigkill_mid_sweep_then_rerun_equals_uninterrupted(tmp_path):
             break
         if proc.poll() is not None:
             pytest.fail("the sweep finished before it could be killed; make TINY longer")
-        time.sleep(0.2)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     statuses = sorted(store.run_status(r) for r in store.find_runs(killed))
@@ -147,7 +148,7 @@ def test_smax_run_with_unequal_episode_lengths_is_reported(tmp_path):
     from tram.report import make_report
 
     spec = {"envs": ["3m"], "learners": ["coma"], "methods": ["none"], "seeds": 2, "steps": 1200,
-            "eval_interval": 400, "test_episodes": 4}
+            "eval_interval": 400, "test_episodes": 4, "set": {"learner.rnn_hidden": 16, "learner.critic_hidden": 32}}
     cfg = expand_grid(spec)[0]
     run_dir = train(TrainConfig.from_dict(cfg.to_dict()), tmp_path / "runs", progress=False, log=lambda *_: None)
     m = store.read_metrics(run_dir / "metrics.csv")
