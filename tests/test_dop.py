@@ -216,7 +216,7 @@ def test_identity_perturbation_equals_no_attack(monkeypatch):
     from tram.types import AttackStepStats
     import tram.attacks.perturb as perturb_mod
 
-    def identity(cfg):
+    def identity(cfg, *_):  # make_perturbation(cfg, q_source)
         def perturb(key, ctx, logits_fn):
             return ctx.logits, AttackStepStats.zeros()
         return perturb

@@ -364,14 +364,19 @@ def test_grid_episodes_end_by_the_time_limit_and_are_timeouts():
 def test_option_defaults_are_the_reference():
     assert dop.DOPConfig().actor_batch == "reference"
     for cls in (dop.DOPConfig, coma.COMAConfig, qmix.QMIXConfig):
-        assert cls().bootstrap_timeouts is False
+        assert cls().bootstrap_timeouts is None  # resolved by TrainConfig from the environment
+        for env, want in (("3m", False), ("2s3z", False), ("gather", True), ("spread", True)):
+            # SMAX: the reference's SMAC setting; grid tasks: an unobserved time limit (config.py)
+            assert TrainConfig(env=EnvConfig(env), learner=cls()).learner.bootstrap_timeouts is want, (cls, env)
+        explicit = TrainConfig(env=EnvConfig("gather"), learner=cls(bootstrap_timeouts=False))
+        assert explicit.learner.bootstrap_timeouts is False  # an explicit choice is kept
 
 
 @pytest.mark.parametrize("cls,kwargs,shown,accepted", [
     (dop.DOPConfig, {"actor_batch": "newest"}, "'newest'", "reference, latest"),
     (dop.DOPConfig, {"bootstrap_timeouts": "yes"}, "'yes'", "true or false"),
     (coma.COMAConfig, {"bootstrap_timeouts": 1}, "1", "true or false"),
-    (qmix.QMIXConfig, {"bootstrap_timeouts": None}, "None", "true or false"),
+    (qmix.QMIXConfig, {"bootstrap_timeouts": "maybe"}, "'maybe'", "true or false"),
 ])
 def test_option_errors_name_field_value_and_accepted(cls, kwargs, shown, accepted):
     with pytest.raises(ValueError) as err:
@@ -385,11 +390,11 @@ def test_options_through_set_and_config_json(learner):
     from tram.learners import LEARNER_CONFIGS
 
     base = TrainConfig(env=EnvConfig("gather"), learner=LEARNER_CONFIGS[learner]())
-    sets = ["learner.bootstrap_timeouts=true"] + (["learner.actor_batch=latest"] if learner == "dop" else [])
+    sets = ["learner.bootstrap_timeouts=false"] + (["learner.actor_batch=latest"] if learner == "dop" else [])
     cfg = TrainConfig.from_dict(apply_overrides(base.to_dict(), sets))
-    assert cfg.learner.bootstrap_timeouts is True
+    assert cfg.learner.bootstrap_timeouts is False
     if learner == "dop":
         assert cfg.learner.actor_batch == "latest"
     d = cfg.to_dict()["learner"]
-    assert d["bootstrap_timeouts"] is True
+    assert d["bootstrap_timeouts"] is False
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -101,7 +101,11 @@ class COMAConfig:
     """dtype of stored observations and states (the buffer holds only 8 episodes)."""
     time_chunk: int = 8
     """Steps per chunk of the time loops that stop at a batch's longest episode."""
-    bootstrap_timeouts: bool = False
+    bootstrap_timeouts: bool | None = None
+    """Bootstrap targets at time-limit ends. ``None``: the environment's default, resolved by
+    :class:`tram.config.TrainConfig` (False on SMAX, as the reference; True on the grid tasks,
+    whose unobserved time limit makes a terminal end unlearnable for the critic; see
+    :func:`tram.learners.episodes.target_terminated`)."""
     """False (the reference): a time-limit end is terminal for the TD(lambda) targets; True:
     they bootstrap from the post-episode slot there."""
 

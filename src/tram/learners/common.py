@@ -17,14 +17,17 @@ def unit_interval(cfg, field: str):
         raise ValueError(f"learner.{field} must be in [0, 1], got {v!r}")
 
 
-def boolean(cfg, field: str):
-    """Checks that ``cfg.field`` is a bool; the strings ``true`` / ``false`` (any case, as
-    ``--set learner.field=true`` gives them) are converted in place."""
+def boolean(cfg, field: str, allow_none: bool = False):
+    """Checks that ``cfg.field`` is a bool (or None with ``allow_none``); the strings ``true`` /
+    ``false`` (any case, as ``--set learner.field=true`` gives them) are converted in place."""
     v = getattr(cfg, field)
+    if allow_none and v is None:
+        return
     if isinstance(v, str) and v.lower() in ("true", "false"):
         object.__setattr__(cfg, field, v.lower() == "true")
     elif not isinstance(v, bool):
-        raise ValueError(f"learner.{field} must be true or false, got {v!r}")
+        raise ValueError(f"learner.{field} must be true or false{' (or unset: the default)' if allow_none else ''}, "
+                         f"got {v!r}")
 
 
 def check_actor_critic_config(cfg):
@@ -43,7 +46,7 @@ def check_actor_critic_config(cfg):
             f"learner.batch_size ({cfg.batch_size}) must be <= learner.buffer_size ({cfg.buffer_size})")
     if cfg.storage_dtype not in ("float16", "float32"):
         raise ValueError(f"learner.storage_dtype must be one of float16, float32; got {cfg.storage_dtype!r}")
-    boolean(cfg, "bootstrap_timeouts")
+    boolean(cfg, "bootstrap_timeouts", allow_none=True)
 
 
 def rmsprop(lr: float, cfg) -> optax.GradientTransformation:

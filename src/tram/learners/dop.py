@@ -140,7 +140,11 @@ class DOPConfig:
     """The actor's on-policy batch: ``reference`` (the reference's ``sample_latest``: the
     ``batch_size`` newest episodes, or a uniform sample of the on-policy buffer when the
     write position is below ``batch_size``) or ``latest`` (always the newest)."""
-    bootstrap_timeouts: bool = False
+    bootstrap_timeouts: bool | None = None
+    """Bootstrap targets at time-limit ends. ``None``: the environment's default, resolved by
+    :class:`tram.config.TrainConfig` (False on SMAX, as the reference; True on the grid tasks,
+    whose unobserved time limit makes a terminal end unlearnable for the critic; see
+    :func:`tram.learners.episodes.target_terminated`)."""
     """False (the reference): a time-limit end is terminal for the critic targets; True:
     targets bootstrap from the post-episode slot there."""
 

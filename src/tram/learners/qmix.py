@@ -144,7 +144,11 @@ class QMIXConfig:
     """The sampled batch, sorted by episode length, is processed in this many equal groups
     (the largest divisor of batch_size not above it), each up to its own longest episode
     (same loss and gradient; less work on padding)."""
-    bootstrap_timeouts: bool = False
+    bootstrap_timeouts: bool | None = None
+    """Bootstrap targets at time-limit ends. ``None``: the environment's default, resolved by
+    :class:`tram.config.TrainConfig` (False on SMAX, as the reference; True on the grid tasks,
+    whose unobserved time limit makes a terminal end unlearnable for the critic; see
+    :func:`tram.learners.episodes.target_terminated`)."""
     """False (the reference): a time-limit end is terminal for the Q-learning targets;
     True: they bootstrap from the post-episode slot there."""
 
@@ -164,7 +168,7 @@ class QMIXConfig:
             raise ValueError(
                 f"learner.batch_size ({self.batch_size}) must be <= learner.buffer_size ({self.buffer_size})")
         boolean(self, "double_q")
-        boolean(self, "bootstrap_timeouts")
+        boolean(self, "bootstrap_timeouts", allow_none=True)
         if isinstance(self.hypernet_layers, bool) or self.hypernet_layers not in (1, 2):
             raise ValueError(f"learner.hypernet_layers must be one of 1, 2; got {self.hypernet_layers!r}")
         if self.storage_dtype not in ("float16", "float32"):
