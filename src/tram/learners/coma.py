@@ -19,7 +19,8 @@ Follows the reference in:
 * target: hard copy after the actor step once 200 or more critic steps have passed since
   the last copy;
 * time-limit ends are terminal for the targets (``learner.bootstrap_timeouts = False``,
-  the default): pymarl's SMAC config has ``continuing_episode: False``, so its runners
+  the default on SMAX; on the grid tasks the default is True, see
+  :func:`tram.config.default_bootstrap_timeouts`): pymarl's SMAC config has ``continuing_episode: False``, so its runners
   store ``terminated = True`` at a timeout (:func:`tram.learners.episodes.target_terminated`);
 * hyper-parameters: 8 parallel environments, buffer 8, batch 8 (purely on-policy: each
   iteration trains on the 8 episodes just collected), RMSprop lr 5e-4 for both, alpha 0.99,

@@ -30,7 +30,8 @@ Follows the reference in:
   ``k_i(s)``, ``loss = -sum(mask k A log pi(a_i)) / sum(mask)`` with the mask repeated per
   agent, gradient norm clipped at 20;
 * time-limit ends are terminal for both targets (``learner.bootstrap_timeouts = False``,
-  the default): the reference's SMAC config has ``continuing_episode: False``, so its
+  the default on SMAX; on the grid tasks the default is True, see
+  :func:`tram.config.default_bootstrap_timeouts`): the reference's SMAC config has ``continuing_episode: False``, so its
   runners store ``terminated = True`` at a timeout
   (:func:`tram.learners.episodes.target_terminated`);
 * RMSprop(alpha 0.99, eps 1e-5 outside the square root as in PyTorch), actor lr 5e-4,

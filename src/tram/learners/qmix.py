@@ -37,7 +37,8 @@ Follows the reference in:
 * the GRU runs from zeros at the start of every stored episode and over the post-episode
   slot as well (its live Q-values give the argmax of the last target);
 * time-limit ends are terminal for the targets (``learner.bootstrap_timeouts = False``,
-  the default): pymarl's SMAC config has ``continuing_episode: False``, so its runners
+  the default on SMAX; on the grid tasks the default is True, see
+  :func:`tram.config.default_bootstrap_timeouts`): pymarl's SMAC config has ``continuing_episode: False``, so its runners
   store ``terminated = True`` at a timeout and ``y_t = r_t`` at the last step
   (:func:`tram.learners.episodes.target_terminated`);
 * ``num_envs`` parallel environments, default 1 (the reference's ``batch_size_run: 1``
