@@ -79,3 +79,15 @@ def gather_dop_clean():
 
     return train_vmapped("gather", gather_dop_learner(), AttackConfig(method="none"), GATHER_DOP_SEEDS,
                          **GATHER_DOP_RUN)[1]
+
+
+def set_params(tree, path, **leaves):
+    """Overwrites leaves of a flax params tree in place: ``tree["params"][path...][name] = value``
+    (each value reshaped to the leaf's shape, float32); for hand-set networks in tests."""
+    import jax.numpy as jnp
+
+    node = tree["params"]
+    for p in path:
+        node = node[p]
+    for k, v in leaves.items():
+        node[k] = jnp.asarray(v, jnp.float32).reshape(node[k].shape)

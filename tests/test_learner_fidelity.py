@@ -309,12 +309,7 @@ def test_coma_targets_at_a_timeout(boot, expect):
         np.testing.assert_allclose(np.asarray(y), np.repeat(np.asarray(expect)[..., None], 2, -1), rtol=1e-6)
 
 
-def _set(tree, path, **leaves):
-    node = tree["params"]
-    for p in path:
-        node = node[p]
-    for k, v in leaves.items():
-        node[k] = jnp.asarray(v, jnp.float32).reshape(node[k].shape)
+from conftest import set_params as _set  # noqa: E402
 
 
 @pytest.mark.parametrize("boot", [True, False])

@@ -56,12 +56,7 @@ def test_mixer_is_monotonic(layers):
         assert bool(jnp.all(grads >= 0)), f"dQ_tot/dQ_i < 0: {float(jnp.min(grads))}"
 
 
-def _set(tree, path, **leaves):
-    node = tree["params"]
-    for p in path:
-        node = node[p]
-    for k, v in leaves.items():
-        node[k] = jnp.asarray(v, jnp.float32).reshape(node[k].shape)
+from conftest import set_params as _set  # noqa: E402
 
 
 def _hand_mixer():
