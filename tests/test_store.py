@@ -497,3 +497,24 @@ def test_write_error_names_the_file_and_keeps_the_old_content(tmp_path):
     assert "(EFBIG)" in out.stdout and "last good checkpoint is kept" in out.stdout
     assert (tmp_path / "state.npz").read_bytes() == before
     assert stale_temp_files(tmp_path) == []
+
+
+def test_a_field_added_later_is_left_out_of_the_identity_at_its_default(monkeypatch):
+    """Fields listed in OMITTED_AT_DEFAULT keep stored runs' names while at their default, and
+    name a new run when set (bsn1 stands in for a field added after runs were stored)."""
+    from tram import config as config_mod
+    from tram.config import AttackConfig, EnvConfig, TrainConfig
+
+    attack = AttackConfig(method="random", f_a=1.0, kl_u=6.0)
+    cfg = TrainConfig(env=EnvConfig("spread"), attack=attack)
+    before = store.run_name(cfg.to_dict())
+    assert "bsn1" in cfg.to_dict()["attack"]
+    monkeypatch.setattr(config_mod, "OMITTED_AT_DEFAULT", frozenset({("attack", "bsn1")}))
+    d = cfg.to_dict()
+    assert "bsn1" not in d["attack"]
+    assert TrainConfig.from_dict(d) == cfg  # a stored config without the field reads as the default
+    assert store.run_name(d) != before  # (here the field existed before, so the name changes)
+    changed = TrainConfig(env=EnvConfig("spread"), attack=AttackConfig(method="random", f_a=1.0, kl_u=6.0, bsn1=40))
+    assert changed.to_dict()["attack"]["bsn1"] == 40
+    assert store.run_name(changed.to_dict()) != store.run_name(d)
+    assert "bsn1" in cfg.to_dict(execution=True)["attack"]  # handing over to a worker keeps every field

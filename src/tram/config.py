@@ -41,6 +41,13 @@ from tram.validation import ConfigError, real_number, whole_number
 SEED_MODES = ("vmap", "map")
 """Accepted ``run.seed_mode`` values (:func:`tram.experiments.program.over_seeds`)."""
 
+OMITTED_AT_DEFAULT: frozenset[tuple[str, str]] = frozenset()
+"""``(section, field)`` pairs left out of a run's identity (``config.json`` and its hash,
+:meth:`TrainConfig.to_dict`) while the field holds its default value. A field added after
+runs were stored goes here when its default reproduces the earlier behaviour: the stored runs
+keep their names and are still found as finished, and a run that sets the field to another
+value gets its own name. Reading a ``config.json`` without the field gives the default."""
+
 __all__ = ["ConfigError", "EnvConfig", "RunConfig", "TrainConfig", "AttackConfig", "apply_overrides",
            "build_train_config", "env_spec", "parse_seeds", "parse_seconds", "real_number", "whole_number"]
 
@@ -261,6 +268,10 @@ class TrainConfig:
         d["run"]["seeds"] = list(self.run.seeds)
         if not execution:
             del d["run"]["seed_mode"]  # an execution setting (RunConfig.seed_mode), not part of the run's identity
+            defaults = {"env": EnvConfig(), "learner": type(self.learner)(), "attack": AttackConfig(), "run": RunConfig()}
+            for sec, name in OMITTED_AT_DEFAULT:
+                if name in d[sec] and d[sec][name] == getattr(defaults[sec], name):
+                    del d[sec][name]
         return d
 
     @classmethod
