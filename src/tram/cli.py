@@ -303,12 +303,68 @@ SMAX_LITE_PARTS = {
     "p1": ("smax_lite_p1",),                        # DOP on 3m, four methods, 3 seeds, 1M steps
     "p2": ("smax_lite_p2",),                        # COMA on 3m and 2s3z (Fig. 9), 5 seeds
     "p3": ("smax_lite_p3",),                        # DOP on 2s_vs_1sc, 3 seeds
+    "p4": (),                                       # Fig. 1, QMIX on 3m: two steps, see P4 below
     "p5": ("smax_lite_p5_fa", "smax_lite_p5_kl"),   # COMA budget curves on 3m (Figs. 5/6, Tables 2/3)
 }
-"""The cells of ``tram reproduce smax-lite`` by part, in priority order. Part P4 (Fig. 1 with
-QMIX) is two steps: ``tram train --env 3m --learner qmix`` to find when clean QMIX reaches a
-test win rate of 0.6, then ``tram reproduce fig1 --attack-start STEP``."""
+"""The cells of ``tram reproduce smax-lite`` by part, in priority order. The preset parts run
+as one sweep in the order given; part P4 (Fig. 1 with QMIX, :func:`smax_lite_p4`) runs after
+them, since its second step depends on its first."""
 SMAX_LITE_OUT = Path("results/smax-lite")
+P4_MEASURE = {"env": "3m", "steps": 1_000_000, "seeds": (0, 1, 2), "eval_interval": 10_000, "test_episodes": 32}
+"""P4's first step: clean QMIX on 3m, long enough to see when it reaches :data:`P4_WIN_RATE`."""
+P4_WIN_RATE = 0.6
+
+
+def first_evaluation_reaching(run, metric: str, threshold: float, eval_interval: int) -> int | None:
+    """The target env step (``k * eval_interval``) of the first evaluation ``k`` at which the
+    mean over seeds of ``metric`` is at least ``threshold``, or None if none is.
+
+    Evaluation ``k`` of every seed is the one at target ``k * eval_interval`` (each seed stops
+    at the first iteration past the target, so the recorded ``env_steps`` differ slightly
+    between seeds; the target is what ``--attack-start`` takes).
+    """
+    import numpy as np
+
+    rows = [run.seed_rows(s)[metric] for s in run.seeds]
+    n = min(len(r) for r in rows)
+    if n == 0:
+        return None
+    mean = np.mean(np.stack([r[:n] for r in rows]), axis=0)
+    hits = np.flatnonzero(mean >= threshold)
+    return None if hits.size == 0 else int(hits[0]) * eval_interval
+
+
+def smax_lite_p4(out: Path, backend: str, address: Optional[str], dry_run: bool) -> int:
+    """Part P4 of smax-lite (the paper's Fig. 1 on SMAX): (1) clean QMIX on 3m
+    (:data:`P4_MEASURE`); (2) from the first evaluation at which its mean test win rate reaches
+    :data:`P4_WIN_RATE` (step ``S``), ``reproduce fig1``'s three runs with ``--attack-start S``
+    and ``--steps 2S`` (as long again), the same seeds. Both steps skip finished runs, so a
+    rerun continues. Returns the number of failed runs."""
+    from tram.config import build_train_config
+    from tram.experiments import store
+
+    m = P4_MEASURE
+    measure = build_train_config(m["env"], "qmix", "none", steps=m["steps"], seeds=m["seeds"],
+                                 eval_interval=m["eval_interval"], test_episodes=m["test_episodes"])
+    if dry_run:
+        typer.echo(f"p4: clean QMIX on {m['env']}, {len(m['seeds'])} seeds, {m['steps']:,} steps (estimated "
+                   f"{_duration(_estimate_seconds([measure]))}), then Fig. 1's three runs from the step S at which "
+                   f"its mean test win rate reaches {P4_WIN_RATE}, for 2S steps")
+        return 0
+    failures = _run_sweep_cli([measure], out, backend, address)
+    if failures:
+        return failures
+    run = store.load_run(out / store.run_name(measure.to_dict()))
+    start = first_evaluation_reaching(run, "test_win_rate", P4_WIN_RATE, m["eval_interval"])
+    if start is None or start == 0:
+        typer.echo(f"p4: clean QMIX's mean test win rate never reached {P4_WIN_RATE} in {m['steps']:,} steps "
+                   f"({run.path}); Fig. 1's runs are not started")
+        return 0
+    typer.echo(f"p4: clean QMIX reaches a mean test win rate of {P4_WIN_RATE} at {start:,} steps; "
+               f"Fig. 1 runs with --attack-start {start} --steps {2 * start}")
+    configs = fig1_configs(m["env"], 2 * start, m["seeds"], start, 1.0)
+    failures = _run_sweep_cli(configs[:1], out, backend, address, keep_branch_point=start)
+    return failures + _run_sweep_cli(configs[1:], out, backend, address)
 
 
 def sweep_file(name_or_path: str) -> Path:
@@ -476,8 +532,7 @@ def reproduce(
         chosen = [p.strip().lower() for p in (parts or ",".join(SMAX_LITE_PARTS)).split(",") if p.strip()]
         for p in chosen:
             if p not in SMAX_LITE_PARTS:
-                fail(f"--parts {p!r} is not a part of smax-lite; accepted: {', '.join(SMAX_LITE_PARTS)} (P4, Fig. 1, "
-                     f"runs through `tram reproduce fig1 --attack-start STEP`)")
+                fail(f"--parts {p!r} is not a part of smax-lite; accepted: {', '.join(SMAX_LITE_PARTS)}")
         presets["smax-lite"] = tuple(dict.fromkeys(n for p in chosen for n in SMAX_LITE_PARTS[p]))
         if out == Path("runs"):
             out = SMAX_LITE_OUT / "runs"
@@ -534,13 +589,18 @@ def reproduce(
         total_steps -= inherited
     typer.echo(f"{target}: {len(configs)} runs, {total_steps:,} env steps in total; "
                f"estimated {_duration(est)} on this machine ({backend} backend, one run at a time)")
+    with_p4 = target == "smax-lite" and "p4" in chosen
     if dry_run:
+        if with_p4:
+            smax_lite_p4(out, backend, address, dry_run=True)
         return
     if target == "fig1":
         failures = _run_sweep_cli(configs[:1], out, backend, address, keep_branch_point=configs[1].attack.attack_start)
         failures += _run_sweep_cli(configs[1:], out, backend, address)
     else:
-        failures = _run_sweep_cli(configs, out, backend, address)
+        failures = _run_sweep_cli(configs, out, backend, address) if configs else 0
+    if with_p4:
+        failures += smax_lite_p4(out, backend, address, dry_run=False)
     from tram.report import make_report
 
     paths = make_report(out, report_dir)
