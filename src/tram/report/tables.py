@@ -152,7 +152,8 @@ def stealth_table(
     # and a map without its runs is still shown (its cells "-").
     required = tuple(m for m in budget_methods() if method_spec(m).paper)
     rows_methods = tuple(m for m in budget_methods() if m in required or m in with_runs)
-    attacked = [k for k in store.keys() if k.learner == learner and k.method in rows_methods]
+    # maps and columns come from the paper's rows, so an extra method never adds or drops one
+    attacked = [k for k in store.keys() if k.learner == learner and k.method in required]
     envs = [e for e in store.envs(learner) if any(k.env == e for k in attacked)]
     if vary is None:
         cols_by_env = {e: [(f_a, kl_u)] for e in envs}
