@@ -677,7 +677,7 @@ def test_attack_config_errors_name_field_and_value(kwargs, field, shown):
     msg = str(err.value)
     assert field in msg and shown in msg
     if field == "attack.method":  # every method of the table, in table order
-        assert msg.endswith("accepted: none, var, jbased, random, worst_q"), msg
+        assert msg.endswith("accepted: none, var, jbased, random, combined, worst_q"), msg
 
 
 def test_attack_config_defaults_and_coercion():

@@ -61,15 +61,16 @@ def toy(monkeypatch):
 
 # ---------------------------------------------------------------------------- the table
 def test_builtin_entries_keep_the_report_names():
-    assert list(ATTACK_METHODS) == ["none", "var", "jbased", "random", "worst_q"]
+    assert list(ATTACK_METHODS) == ["none", "var", "jbased", "random", "combined", "worst_q"]
     assert [ATTACK_METHODS[m].label for m in ("none", "var", "jbased", "random")] == \
         ["Clean (none)", "Var-based TRAM", "J-based TRAM", "Random"]
-    assert methods.series_keys() == ("none", "var", "jbased", "random", "worst_q_test", "worst_q_train",
-                                     "worst_q_both")
+    assert methods.series_keys() == ("none", "var", "jbased", "random", "combined", "worst_q_test",
+                                     "worst_q_train", "worst_q_both")
     assert methods.series_label("worst_q_test") == "Worst-Q attack at test time only (deploy-time)"
     assert methods.series_colour("var") == "#d62728"
-    assert [n for n, m in ATTACK_METHODS.items() if m.has_kl_budget] == ["var", "jbased", "random"]
-    assert [n for n, m in ATTACK_METHODS.items() if m.needs_policy_gradient] == ["var", "jbased"]
+    assert [n for n, m in ATTACK_METHODS.items() if m.has_kl_budget] == ["var", "jbased", "random", "combined"]
+    assert [n for n, m in ATTACK_METHODS.items() if m.needs_policy_gradient] == ["var", "jbased", "combined"]
+    assert [n for n, m in ATTACK_METHODS.items() if not m.paper] == ["combined"]
     assert methods.accepted_methods("qmix") == ("none", "random", "worst_q")
     for m in ATTACK_METHODS.values():
         assert m.learners is None or set(m.learners) <= set(LEARNER_CONFIGS), m.name
@@ -99,7 +100,7 @@ def test_toy_method_passes_config_validation(toy):
     with pytest.raises(ConfigError) as err:
         AttackConfig(method="nope")
     assert str(err.value) == ("attack.method: 'nope' is not accepted; accepted: none, var, jbased, random, "
-                              "worst_q, toy")
+                              "combined, worst_q, toy")
 
 
 def test_toy_method_runs_algorithm_1_along_its_direction(toy):
@@ -190,6 +191,59 @@ def test_toy_method_in_the_cli_help(toy):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.replace("│", " ").split())
     assert "toy: Toy fixed direction" in text and "var: Var-based TRAM" in text
+
+
+# ---------------------------------------------------------------------------- combined (App. E)
+def test_combined_is_selectable_but_outside_the_papers_grid():
+    """``combined`` (beyond the paper): accepted by DOP and COMA, refused by QMIX, named in
+    run names and the CLI help, run by a sweep that names it, and absent from the default
+    sweep (so existing sweep files keep their cells)."""
+    from tram.cli import app
+    from tram.experiments.sweep import _cell_label, default_methods, expand_grid
+
+    cfg = build_train_config("gather", "coma", "combined", steps=2_000_000, seeds=1, kl_u=6)
+    assert "-coma-combined-fa1-kl6-2e6steps-" in run_name(cfg.to_dict())
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError) as err:
+        build_train_config("gather", "qmix", "combined", steps=1000, seeds=1, eval_interval=500)
+    assert str(err.value) == ("attack method 'combined' needs a policy-gradient learner (dop, coma); "
+                              "qmix supports none, random, worst_q")
+    assert default_methods() == ("none", "var", "jbased", "random")
+    configs = expand_grid({"envs": ["gather"], "methods": ["var", "jbased", "combined"], "steps": 1000,
+                           "seeds": 3, "eval_interval": 500})
+    assert [c.attack.method for c in configs] == ["var", "jbased", "combined"]
+    assert _cell_label(configs[-1]) == "gather/dop/combined fA=1 KL=6"
+    result = CliRunner().invoke(app, ["train", "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert "combined: Combined TRAM (App. E)" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_combined_in_the_stealth_table_only_with_its_runs(tmp_path, monkeypatch):
+    """Table 1 keeps the paper's rows; ``combined`` is a row once the store has runs of it,
+    and a map without them is still in the table (its cells "-"), never left out."""
+    from tram.report import make_report
+
+    monkeypatch.setitem(fakeruns.STEALTH_BASE, "combined", -2.0)
+    monkeypatch.setitem(fakeruns.FINAL_BASE, "combined", 0.3)
+    root = tmp_path / "runs"
+    for env in ("3m", "2s3z"):
+        for method in ("none", "var", "jbased", "random"):
+            fakeruns.make_fake_run(root, env, method, seeds=(0, 1))
+
+    def table1(out):
+        make_report(root, out, n_boot=20, log=None)
+        with open(out / "tables" / "table1_stealth_dop.csv", newline="") as f:
+            return list(csv.reader(f))
+
+    rows = table1(tmp_path / "before")
+    assert [r[0] for r in rows[1:]] == ["Var-based TRAM", "J-based TRAM", "Random"]
+    fakeruns.make_fake_run(root, "3m", "combined", seeds=(0, 1))
+    rows = table1(tmp_path / "after")
+    header = rows[0]
+    assert [r[0] for r in rows[1:]] == ["Var-based TRAM", "J-based TRAM", "Random", "Combined TRAM (App. E)"]
+    assert "3m" in header and "2s3z" in header
+    combined = dict(zip(header, rows[-1]))
+    assert float(combined["3m"]) == pytest.approx(-2.0, abs=1e-12)
+    assert combined["2s3z"] == ""
 
 
 def test_a_run_of_an_unknown_method_is_an_error_naming_it(tmp_path, monkeypatch):

@@ -25,6 +25,9 @@ normalisation.
 * J-based (Eq. 13): ``U(a) = A_k(a) <g_prev, g(a)>``, ``delta_hat = normalize(-(pi * (U -
   <pi, U>)))``, with ``g_prev`` the previous actor update's policy gradient in the ascent
   direction of J (the paper's approximation of ``grad_theta J(theta^t)``).
+* Combined (App. E): ascend ``E_rho[||A_k g - g_prev||^2]``, per-action weight
+  ``C(a) = W(a) - 2 U(a)`` (+ a constant), ``delta_hat = normalize(pi * (C - <pi, C>))``:
+  the unnormalised var vector plus twice the unnormalised J vector (:func:`combined_direction`).
 * Random: a Gaussian vector on the available actions, normalised.
 
 ``||g(a)||^2 = (e_a - pi)^T K (e_a - pi)`` with the ``A x A`` Gram matrix ``K = J_l J_l^T``,
@@ -100,6 +103,8 @@ __all__ = [
     "random_direction",
     "variance_direction",
     "jbased_direction",
+    "combined_weights",
+    "combined_direction",
     "exact_grad_log_pi",
     "exact_recurrent_gram",
     "ActorStepFn",
@@ -539,6 +544,84 @@ def jbased_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorL
         v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
     raw = -softmax_weight_gradient(pi, jbased_weights(pi, adv, v, avail))
     return normalize_direction(key, raw, avail, force_fallback=~jnp.asarray(ctx.has_prev_grad, bool))
+
+
+def combined_weights(pi: jax.Array, adv: jax.Array, gram: jax.Array, v: jax.Array, avail: jax.Array) -> jax.Array:
+    """App. E: ``C(a) = ||A_k(a) g(a) - g_prev||^2`` up to the constant ``||g_prev||^2``.
+
+    ``C(a) - ||g_prev||^2 = A_k(a)^2 ||g(a)||^2 - 2 A_k(a) <g_prev, g(a)> = W(a) - 2 U(a)``
+    (:func:`variance_weights`, :func:`jbased_weights`). The constant does not change the
+    direction (``softmax_weight_gradient`` of a constant is 0), so it is left out.
+
+    Args:
+        pi: ``[A]`` masked softmax policy.
+        adv: ``[A]`` ``A_k(a)`` (:func:`attacker_advantage`).
+        gram: ``[A, A]`` ``K = J_l J_l^T``.
+        v: ``[A]`` ``J_l g_prev``.
+        avail: ``[A]`` bool.
+
+    Returns:
+        ``[A]``, 0 on unavailable actions.
+    """
+    return variance_weights(pi, adv, gram, avail) - 2.0 * jbased_weights(pi, adv, v, avail)
+
+
+def combined_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn,
+                       exact_gram: bool = False, exact_jvp: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Combined direction (App. E): ascend ``E_rho[||g(s, a) - grad_theta J||^2]``.
+
+    ``delta_hat = normalize(pi * (C - <pi, C>))`` with ``C(a) = A_k(a)^2 ||g(a)||^2 -
+    2 A_k(a) <g_prev, g(a)>`` (:func:`combined_weights`), i.e. the UNnormalised
+    variance-based vector plus twice the unnormalised J-based vector; ``g_prev =
+    ctx.prev_actor_grad`` stands in for ``grad_theta J`` as in the J-based direction. Both
+    are in the units of the learner's loss: ``g_prev`` is the batch mean of the per-sample
+    gradients ``A_i grad log pi_i`` of which ``A_k(a) g(a)`` is one (``docs/attack-math.md``,
+    "Combined").
+
+    ``K`` is one-step (:func:`logit_gram`, ``exact_gram`` False, ``attack.var_gram =
+    "one_step"``) or through the history (:func:`history_gram`, ``attack.var_gram =
+    "exact"``); ``v`` is one-step (:func:`logit_jvp`, ``exact_jvp`` False,
+    ``attack.recurrent_grad = "one_step"``) or through the history
+    (:func:`logit_jvp_through_history`, ``attack.recurrent_grad = "exact"``): the same
+    options, with the same carried fields, as the two directions it combines.
+
+    Before the first actor update (``ctx.has_prev_grad`` False) ``g_prev`` is taken as 0:
+    ``C`` is then ``W`` and the direction is the variance-based one (no forced fallback,
+    unlike J-based, whose objective is then identically 0). Falls back to random only as
+    :func:`normalize_direction` does (zero or non-finite vector, < 2 actions).
+
+    Args:
+        key: PRNG key (used only by the fallback).
+        ctx: the acting context of one environment (also ``prev_actor_grad``,
+            ``has_prev_grad``; ``hidden_tangent`` if ``exact_jvp``; ``history_inputs`` and
+            ``history_step`` if ``exact_gram``).
+        actor_logits_fn: ``(params, hidden, input) -> logits [A]`` (with a ``step`` method
+            if ``exact_gram``).
+        exact_gram: build ``K`` through the history.
+        exact_jvp: build ``v`` through the history.
+
+    Returns:
+        ``(delta_hat [A], fallback [] bool)``; see :func:`normalize_direction`.
+    """
+    avail = ctx.avail.astype(bool)
+    pi = masked_softmax(ctx.logits, avail)
+    adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
+    if exact_gram:
+        inputs = _require(ctx.history_inputs, "attack.var_gram='exact'", "history_inputs")
+        step = _require(ctx.history_step, "attack.var_gram='exact'", "history_step")
+        gram = history_gram(actor_step_of(actor_logits_fn), ctx.actor_params, jnp.zeros_like(ctx.actor_hidden),
+                            inputs, step)
+    else:
+        gram = logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
+    if exact_jvp:
+        h_dot = _require(ctx.hidden_tangent, "attack.recurrent_grad='exact'", "hidden_tangent")
+        v = logit_jvp_through_history(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
+                                      ctx.prev_actor_grad, h_dot)
+    else:
+        v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
+    v = jnp.where(jnp.asarray(ctx.has_prev_grad, bool), v, 0.0)
+    raw = softmax_weight_gradient(pi, combined_weights(pi, adv, gram, v, avail))
+    return normalize_direction(key, raw, avail)
 
 
 # ----------------------------------------------------------------------------------------

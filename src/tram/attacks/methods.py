@@ -79,6 +79,11 @@ class AttackMethod:
     """``(attack_at, label, colour)`` triples when runs of this method are told apart by
     where the attack acts (Fig. 1 compares the worst-Q attack at test and at training time):
     the report keys them ``{name}_{attack_at}`` and the run name carries ``attack_at``."""
+    paper: bool = True
+    """True for the paper's methods. A method beyond the paper (False, e.g. ``combined``)
+    keeps every existing grid and table as it was: a sweep file without ``methods`` does not
+    run it (:func:`tram.experiments.sweep.default_methods`), and it is a row of the stealth
+    Tables 1-3 only when the store has runs of it (a map without them is not left out)."""
     carries_hidden_tangent: Callable[["AttackConfig"], bool] = lambda cfg: False
     """``cfg -> bool``: the rollout must carry ``ActingContext.hidden_tangent``."""
     carries_history: Callable[["AttackConfig"], bool] = lambda cfg: False
@@ -150,6 +155,16 @@ def jbased_direction_fn(cfg: "AttackConfig") -> DirectionFn:
     return lambda key, ctx, actor_logits_fn: jbased_direction(key, ctx, actor_logits_fn, exact_history=exact)
 
 
+def combined_direction_fn(cfg: "AttackConfig") -> DirectionFn:
+    """The combined direction (App. E, ``docs/attack-math.md``): ``K`` as ``cfg.var_gram``
+    says, ``<g_prev, g(a)>`` as ``cfg.recurrent_grad`` says (the options of var and jbased)."""
+    from tram.attacks.directions import combined_direction
+
+    exact_gram, exact_jvp = cfg.var_gram == "exact", cfg.recurrent_grad == "exact"
+    return lambda key, ctx, actor_logits_fn: combined_direction(key, ctx, actor_logits_fn, exact_gram=exact_gram,
+                                                                exact_jvp=exact_jvp)
+
+
 def worst_q_perturbation(cfg: "AttackConfig", q_source: str = "critic") -> "PolicyPerturbation":
     """The deploy-time worst-Q attack of Fig. 1 (:func:`tram.attacks.deploy.make_worst_q_perturbation`)."""
     from tram.attacks.deploy import make_worst_q_perturbation
@@ -167,6 +182,10 @@ ATTACK_METHODS: dict[str, AttackMethod] = {m.name: m for m in (
                  carries_hidden_tangent=lambda cfg: cfg.recurrent_grad == "exact"),
     AttackMethod("random", "Random", "#2ca02c", has_kl_budget=True, needs_policy_gradient=False,
                  direction=random_direction_fn),
+    AttackMethod("combined", "Combined TRAM (App. E)", "#e377c2", has_kl_budget=True, needs_policy_gradient=True,
+                 learners=("dop", "coma"), direction=combined_direction_fn, paper=False,
+                 carries_hidden_tangent=lambda cfg: cfg.recurrent_grad == "exact",
+                 carries_history=lambda cfg: cfg.var_gram == "exact"),
     AttackMethod("worst_q", "Worst-Q attack", "#9467bd", has_kl_budget=False, needs_policy_gradient=False,
                  perturbation=worst_q_perturbation,
                  variants=(("test", "Worst-Q attack at test time only (deploy-time)", "#ff7f0e"),
@@ -174,7 +193,8 @@ ATTACK_METHODS: dict[str, AttackMethod] = {m.name: m for m in (
                            ("both", "Worst-Q attack at training and test time", "#9467bd"))),
 )}
 """``attack.method`` -> :class:`AttackMethod`. The order is the report's: curves, legends,
-the rows of the stealth Tables 1-3 (var, J-based, random, as in the paper) and Fig. 4."""
+the rows of the stealth Tables 1-3 (var, J-based, random, as in the paper, then the combined
+direction of App. E when the store has its runs) and Fig. 4."""
 
 
 def attack_method(name: Any, key: str = "attack.method") -> AttackMethod:

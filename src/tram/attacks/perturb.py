@@ -61,7 +61,8 @@ class AttackConfig:
 
     method: str = "none"
     """A name of :data:`tram.attacks.methods.ATTACK_METHODS`: ``none`` (clean run), ``var``
-    (variance-based, Sec. 3.2), ``jbased`` (J-based, Sec. 3.3), ``random``, or ``worst_q``,
+    (variance-based, Sec. 3.2), ``jbased`` (J-based, Sec. 3.3), ``random``, ``combined``
+    (App. E, ``docs/attack-math.md``), or ``worst_q``,
     the deploy-time attack of Fig. 1 (:mod:`tram.attacks.deploy`; ``kl_u`` does not apply)."""
     f_a: float = 1.0
     """Attack frequency ``f_A`` in [0, 1]: each step, the poisoned agent samples from the
@@ -88,13 +89,15 @@ class AttackConfig:
     ``exact`` (default; the paper's ``grad_theta log pi(a | tau_t)`` through the whole
     history, as the learner's loss computes it: the rollout carries the hidden state's
     tangent along ``g_prev`` in forward mode) or ``one_step`` (the hidden state entering
-    the step held constant; tram's behaviour before this option). Other methods ignore it.
-    See :mod:`tram.attacks.directions` and ``docs/recurrent-gradient.md``."""
+    the step held constant; tram's behaviour before this option). Method ``combined`` uses
+    it for its J-based term; other methods ignore it. See :mod:`tram.attacks.directions`
+    and ``docs/recurrent-gradient.md``."""
     var_gram: str = "one_step"
     """How the variance-based direction (method ``var``) builds its Gram matrix ``K``:
     ``one_step`` (default; hidden state entering the step held constant) or ``exact``
     (per-action gradients back-propagated through the episode so far; the rollout keeps
-    the poisoned agent's inputs; much slower). Other methods ignore it. See
+    the poisoned agent's inputs; much slower). Method ``combined`` uses it for its
+    variance term; other methods ignore it. See
     ``docs/recurrent-gradient.md`` for the measured difference."""
 
     def __post_init__(self):

@@ -5,7 +5,7 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
 
     envs: [3m, 2s3z]            # required
     learners: [dop]             # default [dop]
-    methods: [none, var, jbased, random]   # default: none and every method with a KL budget
+    methods: [none, var, jbased, random]   # default: none and the paper's methods with a KL budget
     f_a: [1.0]                  # default [1.0]; ignored for method none
     kl_u: [6.0]                 # default [6.0]; ignored for methods without a KL budget
     seeds: 5                    # a count (seeds 0..4) or a list of seeds
@@ -61,8 +61,10 @@ SWEEP_KEYS = {
 
 def default_methods() -> tuple[str, ...]:
     """The ``methods`` of a sweep file that gives none: ``none`` and every method of the
-    table with a KL budget (the paper's grid: var, jbased, random), in table order."""
-    return (CLEAN,) + tuple(n for n, m in ATTACK_METHODS.items() if m.has_kl_budget)
+    paper in the table with a KL budget (the paper's grid: var, jbased, random), in table
+    order. Methods beyond the paper (``AttackMethod.paper`` False, e.g. ``combined``) run
+    only when the file names them."""
+    return (CLEAN,) + tuple(n for n, m in ATTACK_METHODS.items() if m.has_kl_budget and m.paper)
 
 
 class SweepError(ConfigError):

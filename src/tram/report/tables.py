@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from tram.attacks.methods import attack_method as method_spec
 from tram.experiments.store import format_value, write_text_atomic
 from tram.report.collect import (
     METRIC_LABELS,
@@ -127,7 +128,9 @@ def stealth_table(
 ) -> tuple[Table | None, list[str]]:
     """Table 1 (``vary=None``: one column per map at ``f_a``, ``kl_u``), Table 2
     (``vary="f_a"`` at ``kl_u``) or Table 3 (``vary="kl_u"`` at ``f_a``); rows are the
-    methods with a KL budget in table order (var, J, random, as in the paper).
+    methods with a KL budget in table order (var, J, random, as in the paper; a method beyond
+    the paper, e.g. combined, only when the store has runs of it for ``learner``, with "-"
+    on maps where it has none).
 
     Each cell holds both averages of Eq. 3 (see the module docstring): the CSV has a column
     ``<map>`` (``stealth_loglik``, every step) and a column ``<map> alive``
@@ -144,8 +147,13 @@ def stealth_table(
     """
     name = f"Table {number}"
     symbol = {"f_a": "f_A", "kl_u": "KL_U"}
-    rows_methods = budget_methods()
-    attacked = [k for k in store.keys() if k.learner == learner and k.method in rows_methods]
+    with_runs = {k.method for k in store.keys() if k.learner == learner}
+    # The paper's rows always; a method beyond the paper (combined) only when it has runs,
+    # and a map without its runs is still shown (its cells "-").
+    required = tuple(m for m in budget_methods() if method_spec(m).paper)
+    rows_methods = tuple(m for m in budget_methods() if m in required or m in with_runs)
+    # maps and columns come from the paper's rows, so an extra method never adds or drops one
+    attacked = [k for k in store.keys() if k.learner == learner and k.method in required]
     envs = [e for e in store.envs(learner) if any(k.env == e for k in attacked)]
     if vary is None:
         cols_by_env = {e: [(f_a, kl_u)] for e in envs}
@@ -168,7 +176,7 @@ def stealth_table(
         have = ", ".join(envs) or "none"
         need = "" if vary is None else f" at two or more values of {symbol[vary]}"
         messages.append(
-            f"{name} ({learner}) skipped: needs {', '.join(rows_methods)} runs{need} ({what}) "
+            f"{name} ({learner}) skipped: needs {', '.join(required)} runs{need} ({what}) "
             f"on some map; maps with attacked runs: {have}"
         )
         return None, messages
@@ -179,7 +187,7 @@ def stealth_table(
             for fa, kl in cols:
                 every = stealth_value(store, env, learner, method, fa, kl, STEALTH_METRIC)
                 alive = stealth_value(store, env, learner, method, fa, kl, STEALTH_ALIVE_METRIC)
-                if every is None and alive is None:
+                if every is None and alive is None and method in required:
                     missing.append(f"{method} f_A={fmt_num(fa)} KL_U={fmt_num(kl)}")
                 cells.append((every, alive))
         if missing:
