@@ -43,7 +43,8 @@ def window_records(ring, seeds, env_steps) -> tuple[dict[str, np.ndarray], dict[
 
     Args:
         ring: :class:`tram.detect.score.DetectionRing` with leaves ``[S, R, ...]``.
-        seeds: the ``S`` seeds; env_steps: ``[S]`` the window's evaluation point per seed.
+        seeds: the ``S`` seeds; env_steps: the window's evaluation point (``metrics.csv``'s
+            ``env_steps``; a scalar or ``[S]``).
 
     Returns:
         ``(episodes, traces)``: dicts of :data:`EPISODE_ARRAYS` (``[K, ...]``) and

@@ -46,14 +46,18 @@ COLUMNS = ("env", "learner", "method", "f_a", "kl_u", "seeds", "poisoned_agent",
 
 
 def _check_real(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
-    """``value`` as a float in the interval; a one-line :class:`ConfigError` naming ``name`` otherwise."""
-    from tram.validation import ConfigError, real_number
+    """``value`` as a finite float in the interval; a one-line :class:`ConfigError` naming
+    ``name``, the value and the interval otherwise."""
+    from tram.validation import ConfigError, _as_float
 
-    v = real_number(value, name, lo, hi, lo_open=lo_open)
-    if hi_open and v >= hi:
-        raise ConfigError(f"{name}: {value!r} is not accepted; accepted: a number in "
-                          f"{'(' if lo_open else '['}{lo:g}, {hi:g})", name)
-    return v
+    v = _as_float(value)
+    above = v is not None and (v > lo if lo_open else v >= lo)
+    below = v is not None and (v < hi if hi_open else v <= hi)
+    if v is None or not math.isfinite(v) or not (above and below):
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        accepted = f"a number in {rng}" if math.isfinite(hi) else f"a finite number {'>' if lo_open else '>='} {lo:g}"
+        raise ConfigError(f"{name}: {value!r} is not accepted; accepted: {accepted}", name)
+    return float(v)
 
 
 def run_detection(run: Run, data: dict[str, np.ndarray], *, fpr: float = 0.01, drift: float = 0.5,

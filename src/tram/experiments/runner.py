@@ -336,7 +336,7 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
                 store.write_npz_atomic(run_dir / store.SAMPLES_FILE,
                                        **{k: np.concatenate(v) for k, v in samples.items()})
             if metrics.detection is not None:
-                detection.add(metrics.detection, config.run.seeds, metrics.env_steps)
+                detection.add(metrics.detection, config.run.seeds, program.window_targets[w])
                 detection.write(run_dir)
             committed = (w + 1, state, len(rows), num_samples(), detection.counts())
             elapsed = time.perf_counter() - t0

@@ -142,9 +142,11 @@ def make_report(
         from tram.detect.report import detection_rows, detection_table, plot_frontier
 
         det_rows, det_notes = detection_rows(store, n_boot=n_boot)
-        for m in det_notes:
-            skip(m)
-        if det_rows:
+        if not det_rows:
+            skip("detection table skipped: no run has detection_samples.npz (tram detect)")
+        else:
+            for m in det_notes:
+                skip(m)
             sections.append(("Tables", "Detection of the poisoned agent (tram detect)",
                              write_table(detection_table(det_rows, 0.01), tab_dir)))
             sections.append(("Figures", "Damage-detectability frontier (tram detect)",
