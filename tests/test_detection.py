@@ -184,6 +184,48 @@ def test_recording_changes_no_other_number(tmp_path, monkeypatch):
     assert (with_it / store.DETECTION_FILE).exists() and not (without / store.DETECTION_FILE).exists()
 
 
+class _Killed(BaseException):
+    """Stands for SIGKILL inside the process."""
+
+
+def test_checkpoint_of_a_tram_without_the_monitor_resumes_exactly(tmp_path, monkeypatch):
+    """A run checkpointed by a program without the monitor (older tram: fewer state leaves)
+    resumes under today's program and ends equal to the uninterrupted run, file for file
+    except detection_samples.npz, which holds the windows trained after the checkpoint."""
+    from tram.experiments import program, runner, store
+    from tram.experiments.sweep import expand_grid
+
+    spec = {"envs": ["gather"], "learners": ["dop"], "methods": ["var"], "seeds": 2, "steps": 750,
+            "eval_interval": 250, "test_episodes": 2, "set": TINY_DOP}
+    cfg = expand_grid(spec)[0]
+    reference = runner.train(cfg, tmp_path / "reference", **_quiet())
+    real_save, calls = runner._save, []
+
+    def save_then_die(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 3:
+            raise _Killed
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(runner, "_save", save_then_die)
+    monkeypatch.setattr(runner, "make_train", lambda c: program.make_train(c, record_detection=False))
+    with pytest.raises(_Killed):
+        runner.train(cfg, tmp_path / "old", **_quiet())
+    monkeypatch.undo()
+    run_dir = store.find_runs(tmp_path / "old")[0]
+    assert store.load_checkpoint(run_dir)[0] == 2 and not (run_dir / store.DETECTION_FILE).exists()
+    runner.train(cfg, tmp_path / "old", **_quiet())
+    assert (run_dir / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    with np.load(run_dir / "attack_samples.npz") as a, np.load(reference / "attack_samples.npz") as b:
+        for k in b.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with np.load(run_dir / store.DETECTION_FILE) as a, np.load(reference / store.DETECTION_FILE) as b:
+        assert sorted(set(a["env_steps"].tolist())) == [500, 750]
+        late = b["env_steps"] >= 500
+        for k in ("score", "var", "length", "rollout_step", "seed"):
+            np.testing.assert_array_equal(a[k], b[k][late], err_msg=k)
+
+
 # -------------------------------------------------------------------- tram detect end to end
 
 SRC = Path(tram.__file__).resolve().parents[1]

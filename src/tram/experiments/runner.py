@@ -288,10 +288,12 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     elif ckpt is not None:
         start_window, arrays, meta = ckpt
         branched_from = meta.get("branched_from")
-        if meta.get("num_leaves") != len(leaves):
+        state = _load_without_detection(template, arrays, meta.get("num_leaves"))  # written before tram recorded it
+        if state is None and meta.get("num_leaves") != len(leaves):
             raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
-        state = _load_state(treedef, arrays, len(leaves))
+        if state is None:
+            state = _load_state(treedef, arrays, len(leaves))
         rows = _meta_rows(meta["rows"])
         samples = _kept_samples(run_dir, meta, state, config.run.seeds)
         detection = DetectionLog.resume(run_dir, meta, program.attacked_agent)
@@ -387,6 +389,25 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     store.remove_checkpoint(run_dir)
     log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
     return run_dir
+
+
+def _load_without_detection(template, arrays, num_leaves):
+    """A checkpoint written by a tram without the detection monitor, as today's state, or
+    None when ``num_leaves`` is not that older layout. Checkpoints are taken between
+    evaluation windows, where the monitor's ring is empty (all zeros), and the monitor
+    changes no other number, so the older state plus an empty ring is exactly the state
+    today's program would have saved: the run resumes as if it had recorded all along
+    (without the detection records of the windows before the checkpoint)."""
+    ring = getattr(template.window, "detection", None)
+    if ring is None:
+        return None
+    old = template._replace(window=template.window._replace(detection=None))
+    old_leaves, old_def = jax.tree.flatten(old)
+    if num_leaves != len(old_leaves) or num_leaves == len(jax.tree.leaves(template)):
+        return None
+    state = _load_state(old_def, arrays, len(old_leaves))
+    empty = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ring)
+    return state._replace(window=state.window._replace(detection=empty))
 
 
 def _leaf_key(i: int) -> str:
