@@ -214,8 +214,10 @@ def plot_frontier(rows: list[dict], out_dir: Path, stem: str = "detection_fronti
                 if math.isfinite(r["auroc_lo"]):
                     xerr = [[r["auroc"] - r["auroc_lo"]], [r["auroc_hi"] - r["auroc"]]]
                 ax.errorbar([r["auroc"]], [y], xerr=xerr, fmt="o", color=color, ms=4, capsize=2)
+                right = math.isfinite(r["auroc"]) and r["auroc"] > 0.75  # keep the label inside the axes
                 ax.annotate(f"{method_label(r['method'])} fA={fmt_num(r['f_a'])} KL={fmt_num(r['kl_u'])}",
-                            (r["auroc"], y), textcoords="offset points", xytext=(4, 3), fontsize=6, color=color)
+                            (r["auroc"], y), textcoords="offset points", xytext=(-4 if right else 4, 3),
+                            ha="right" if right else "left", fontsize=6, color=color)
             ax.axvline(0.5, color="#999999", lw=0.6, ls="--")
             ax.set_xlim(0.0, 1.05)
             ax.set_title(f"{env} ({learner})")
