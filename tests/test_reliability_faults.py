@@ -3,7 +3,8 @@ terminal, an interrupted ``--restart``, a second process on the same run, a fail
 (``RLIMIT_FSIZE``: EFBIG), an edited ``config.json``; and ``--steps`` taken literally.
 
 After each fault the run either ends up equal, file by file, to the uninterrupted run
-(``metrics.csv`` byte for byte, ``attack_samples.npz`` array for array, ``config.json``, and
+(``metrics.csv`` byte for byte, ``attack_samples.npz`` and ``detection_samples.npz`` array
+for array, ``config.json``, and
 ``summary.json`` except its timing fields), or the fault is reported in one line naming the
 file, with an exit code, and without a traceback.
 
@@ -98,11 +99,12 @@ def assert_same_run(a: Path, b: Path) -> None:
         for k in TIMING:
             s.pop(k)
     assert sa == sb
-    if (b / "attack_samples.npz").exists():
-        with np.load(a / "attack_samples.npz") as x, np.load(b / "attack_samples.npz") as y:
-            assert sorted(x.files) == sorted(y.files)
-            for k in x.files:
-                np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    for name in ("attack_samples.npz", store.DETECTION_FILE):
+        if (b / name).exists():
+            with np.load(a / name) as x, np.load(b / name) as y:
+                assert sorted(x.files) == sorted(y.files)
+                for k in x.files:
+                    np.testing.assert_array_equal(x[k], y[k], err_msg=f"{name}: {k}")
 
 
 def assert_one_line_error(res, *needles: str) -> None:
@@ -356,7 +358,8 @@ class _Killed(BaseException):
                                             ("dop", "var"), ("qmix", "worst_q")])
 def test_resume_after_kill_equals_uninterrupted_for_every_method(learner, method, tmp_path, monkeypatch):
     """Killed between writing an evaluation's rows and samples and checkpointing it (the
-    window in which old tram duplicated attack_samples.npz records on resume)."""
+    window in which old tram duplicated attack_samples.npz records on resume; the same holds
+    for detection_samples.npz, whose records the checkpoint counts too)."""
     from tram.experiments import runner
     from tram.experiments.sweep import expand_grid
 
@@ -387,3 +390,14 @@ def test_resume_after_kill_equals_uninterrupted_for_every_method(learner, method
     if method in ("random", "jbased", "var"):  # the TRAM directions record Fig. 4 samples
         with np.load(run_dir / "attack_samples.npz") as s:
             assert len(s["seed"]) > 0
+    # every run records the monitor's scores: 3 windows after step 0, each with its last 4
+    # rollouts per seed, once each although the killed process had written window 2's
+    from tram.detect.record import load_detection
+
+    det = load_detection(run_dir / store.DETECTION_FILE)
+    windows = sorted(set(det["env_steps"].tolist()))
+    assert windows == [250, 500, 750], windows
+    for seed in (0, 1):
+        for w in windows:
+            rollouts = det["rollout_step"][(det["seed"] == seed) & (det["env_steps"] == w)]
+            assert len(set(rollouts.tolist())) * cfg.learner.num_envs == len(rollouts) > 0

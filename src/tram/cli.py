@@ -1,4 +1,4 @@
-"""The ``tram`` command line: ``envs``, ``train``, ``sweep``, ``reproduce``, ``report``, ``demo``.
+"""The ``tram`` command line: ``envs``, ``train``, ``sweep``, ``reproduce``, ``report``, ``detect``, ``demo``.
 
 Every command maps onto the Python API (``tram.train``, ``tram.report``), so what the CLI
 does a script can do too.
@@ -284,6 +284,34 @@ def report(
 
     paths = make_report(runs, out)
     typer.echo(f"wrote {len(paths)} files to {out} (index: {out / 'index.md'})")
+
+
+@app.command()
+@handle_errors
+def detect(
+    runs: Path = typer.Argument(..., help="Run store directory (read only)."),
+    out: Path = typer.Option(Path("detection"), help="Where the table and the figure go."),
+    fpr: float = typer.Option(0.01, "--fpr", help="False-alarm rate the thresholds are calibrated at."),
+    drift: float = typer.Option(0.5, "--drift", help="CUSUM drift k (standard deviations per step)."),
+    from_step: Optional[str] = typer.Option(None, "--from-step",
+                                            help="Use episodes that began at or after this env step "
+                                                 "(default: each run's attack.attack_start)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples (over seeds) for the AUROC CI."),
+    include_partial: bool = typer.Option(False, "--include-partial", help="Also use unfinished runs."),
+):
+    """Can the team detect the poisoned agent? AUROC, detection rate at 1% false alarms and CUSUM
+    delay per run, and the damage-detectability figure (docs/detection.md)."""
+    check_runs_dir(runs)
+    check_out_dir(out)
+    from tram.detect.report import make_detection
+
+    step = None if from_step is None else parse_steps(from_step, "--from-step", lo=0)
+    paths, notes = make_detection(runs, out, fpr=fpr, drift=drift, n_boot=n_boot, from_step=step,
+                                  include_partial=include_partial, log=lambda m: typer.echo(m, err=True))
+    if not paths:
+        fail(f"runs {str(runs)!r}: no run has detection_samples.npz (runs trained before tram recorded "
+             f"detection scores cannot be used; retrain them)")
+    typer.echo(f"wrote {len(paths)} files to {out} (table: {out / 'detection.md'})")
 
 
 def main(argv: Optional[list[str]] = None):  # pragma: no cover - the console script

@@ -45,7 +45,8 @@ from tram.attacks.budget import stealth_averages
 from tram.config import SEED_MODES
 from tram.envs import make_env
 from tram.envs.base import TramEnv
-from tram.learners.actor import epsilon_at
+from tram.detect.score import DetectionRing
+from tram.learners.actor import epsilon_at, floored_policy
 from tram.learners.episodes import EpisodeBuffer
 from tram.learners.rollout import AttackHook, AttackSample, collect_episodes, empty_sample, evaluate_greedy
 from tram.types import AttackStepStats
@@ -67,6 +68,7 @@ class WindowAcc(NamedTuple):
     info: dict  # sums of the learner's train_step info over the window's updates
     samples: AttackSample  # [M, ...] the window's last M valid Fig. 4 samples (ring)
     sample_pos: jax.Array
+    detection: Any = None  # DetectionRing of the window's last rollouts (tram.detect.score), or None
 
 
 class TrainState(NamedTuple):
@@ -107,6 +109,7 @@ class WindowMetrics(NamedTuple):
     updates: jax.Array
     work: dict  # the learner's work counters summed over the window (for benchmarks)
     samples: AttackSample  # [M, ...] Fig. 4 samples of the window (``valid`` marks real ones)
+    detection: Any = None  # DetectionRing: the monitor's scores of the window's last rollouts, or None
 
 
 WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots", "critic_entries", "actor_entries")
@@ -162,8 +165,13 @@ class TrainProgram:
     buffer_bytes_per_seed: int
 
 
-def make_train(config) -> TrainProgram:
-    """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
+def make_train(config, record_detection: bool = True) -> TrainProgram:
+    """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`).
+
+    ``record_detection``: score every agent's executed actions under its clean acting
+    policy and keep the window's last rollouts in ``WindowMetrics.detection``
+    (:mod:`tram.detect.score`; the learner's ``ACTING_POLICY``, default the floored
+    softmax). It draws no random number: every other output is the same without it."""
     from tram.attacks.deploy import gate_perturbation
     from tram.attacks.perturb import make_perturbation
 
@@ -186,6 +194,12 @@ def make_train(config) -> TrainProgram:
     ls_shape = jax.eval_shape(lambda k: mod.init_state(cfg, env.spec, k)[1], jax.random.PRNGKey(0))
     info_shape = jax.eval_shape(lambda s: mod.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
     info_keys = tuple(sorted(info_shape))
+    monitor_policy = getattr(mod, "ACTING_POLICY", floored_policy) if record_detection else None
+    ring0 = (DetectionRing.zeros(cfg.num_envs, env.spec.num_agents, env.spec.episode_limit)
+             if record_detection else None)
+
+    def zero_window() -> WindowAcc:
+        return _zero_window(info_keys, env.spec.num_actions)._replace(detection=ring0)
 
     def attack_hook(ls, env_steps) -> AttackHook:
         """The attack on the poisoned agent, the identity before ``attack.attack_start``."""
@@ -199,8 +213,7 @@ def make_train(config) -> TrainProgram:
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
-        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
-                          window=_zero_window(info_keys, env.spec.num_actions))
+        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=zero_window())
 
     def iteration(state: TrainState) -> TrainState:
         key, k_roll, k_train = jax.random.split(state.key, 3)
@@ -208,7 +221,7 @@ def make_train(config) -> TrainProgram:
         eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
         hook = attack_hook(ls, state.env_steps) if train_attack else None
         episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage,
-                                        select_actions)
+                                        select_actions, monitor_policy=monitor_policy)
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
@@ -237,6 +250,7 @@ def make_train(config) -> TrainProgram:
                 lambda ring, new: jnp.where(rs.sample.valid, ring.at[w.sample_pos].set(new), ring),
                 w.samples, rs.sample),
             sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
+            detection=None if ring0 is None else w.detection.push(rs.monitor, rs.length, state.env_steps),
         )
         return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
 
@@ -276,6 +290,7 @@ def make_train(config) -> TrainProgram:
             updates=w.updates,
             work={k: w.info[k] for k in info_keys if k in WORK_KEYS},
             samples=w.samples,
+            detection=w.detection,
         )
         has_steps = w.attack_steps > 0
         metrics = metrics._replace(**{
@@ -285,7 +300,7 @@ def make_train(config) -> TrainProgram:
         if train_attack:
             metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,
                                                                metrics.fallback_frac, nan))
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=zero_window()), metrics
 
     # Evaluate at 0, eval_interval, 2 eval_interval, ... and last at exactly `steps` (a shorter
     # last window when eval_interval does not divide it): never train past what was asked.

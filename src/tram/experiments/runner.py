@@ -35,6 +35,7 @@ from tram.config import TrainConfig
 from tram.experiments import store
 from tram.experiments.compile_cache import COMPILE_CACHE_ENV, COMPILE_CACHE_MAX_BYTES, enable_compile_cache  # noqa: F401
 from tram.experiments.program import ATTACK_FIELDS, TrainProgram, make_train, over_seeds
+from tram.detect.record import META_KEY as DETECTION_META_KEY, DetectionLog
 
 METRIC_COLUMNS = store.METRIC_COLUMNS
 assert METRIC_COLUMNS == ("seed", "env_steps", "test_return", "test_win_rate", "test_success", "train_return",
@@ -193,7 +194,7 @@ def train(config: TrainConfig, out: str | Path = "runs", *, progress: bool = Tru
     Args:
         restart: train from scratch; the finished marker ``summary.json`` is removed before
             anything else (:func:`store.clear_run`), then the checkpoint, the branch point,
-            ``metrics.csv`` and ``attack_samples.npz``.
+            ``metrics.csv``, ``attack_samples.npz`` and ``detection_samples.npz``.
         keep_branch_point: env step ``S``; keep the state at the last evaluation before ``S``
             in ``branch-point/`` so that runs attacked from ``S`` on can branch from it.
         wait: wait for another process training this run instead of failing.
@@ -276,6 +277,7 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
 
     start_window, rows, branched_from = 0, [], None
     samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
+    detection = DetectionLog(program.attacked_agent)
     ckpt = None if restart else store.load_checkpoint(run_dir)
     leaves, treedef = jax.tree.flatten(template)
     branch = None if (restart or ckpt is not None) else _load_branch(config, out, treedef, len(leaves), log)
@@ -286,12 +288,15 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     elif ckpt is not None:
         start_window, arrays, meta = ckpt
         branched_from = meta.get("branched_from")
-        if meta.get("num_leaves") != len(leaves):
+        state = _load_without_detection(template, arrays, meta.get("num_leaves"))  # written before tram recorded it
+        if state is None and meta.get("num_leaves") != len(leaves):
             raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
                                         f"delete {run_dir / 'checkpoint'} or pass --restart")
-        state = _load_state(treedef, arrays, len(leaves))
+        if state is None:
+            state = _load_state(treedef, arrays, len(leaves))
         rows = _meta_rows(meta["rows"])
         samples = _kept_samples(run_dir, meta, state, config.run.seeds)
+        detection = DetectionLog.resume(run_dir, meta, program.attacked_agent)
         log(f"{run_dir}: resuming at evaluation {start_window} of {len(program.window_targets)}")
     else:
         if status == "partial":
@@ -311,8 +316,9 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     def num_samples() -> int:
         return int(sum(len(v) for v in samples["seed"]))
 
-    # What is on disk and consistent: (next window, its state, rows written, sample records written).
-    committed = (start_window, state, len(rows), num_samples())
+    # What is on disk and consistent: (next window, its state, rows written, sample records
+    # written, detection records written).
+    committed = (start_window, state, len(rows), num_samples(), detection.counts())
     saved_window = start_window if ckpt is not None else None
     bar = _progress(progress, n_windows, start_window, config)
     compile_s = None
@@ -331,7 +337,10 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
                     samples[k].append(v)
                 store.write_npz_atomic(run_dir / store.SAMPLES_FILE,
                                        **{k: np.concatenate(v) for k, v in samples.items()})
-            committed = (w + 1, state, len(rows), num_samples())
+            if metrics.detection is not None:
+                detection.add(metrics.detection, config.run.seeds, program.window_targets[w])
+                detection.write(run_dir)
+            committed = (w + 1, state, len(rows), num_samples(), detection.counts())
             elapsed = time.perf_counter() - t0
             steps = int(np.min(np.asarray(metrics.env_steps)))
             sps = (steps - steps_at_start) * len(config.run.seeds) / max(elapsed, 1e-9)
@@ -342,16 +351,18 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
                     _save(run_dir, w + 1, state, rows, name=store.BRANCH_POINT_DIR, branch_at=int(keep_branch_point))
                     log(f"{run_dir}: kept the branch point for step {keep_branch_point:,} (evaluation {w + 1})")
             if time.perf_counter() - last_ckpt >= checkpoint_every_s and w + 1 < n_windows:
-                _save(run_dir, w + 1, state, rows, branched_from=branched_from, num_samples=num_samples())
+                _save(run_dir, w + 1, state, rows, branched_from=branched_from, num_samples=num_samples(),
+                      **{DETECTION_META_KEY: detection.counts()})
                 saved_window = w + 1
                 last_ckpt = time.perf_counter()
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
             bar = None
-        next_window, done_state, n_rows, n_samples = committed
+        next_window, done_state, n_rows, n_samples, n_detection = committed
         if next_window > 0 and next_window != saved_window:
-            _save(run_dir, next_window, done_state, rows[:n_rows], branched_from=branched_from, num_samples=n_samples)
+            _save(run_dir, next_window, done_state, rows[:n_rows], branched_from=branched_from, num_samples=n_samples,
+                  **{DETECTION_META_KEY: n_detection})
         raise RunInterrupted(f"interrupted at window {min(next_window + 1, n_windows)} of {n_windows}; "
                              f"rerun the same command to resume") from None
     finally:
@@ -378,6 +389,25 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     store.remove_checkpoint(run_dir)
     log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
     return run_dir
+
+
+def _load_without_detection(template, arrays, num_leaves):
+    """A checkpoint written by a tram without the detection monitor, as today's state, or
+    None when ``num_leaves`` is not that older layout. Checkpoints are taken between
+    evaluation windows, where the monitor's ring is empty (all zeros), and the monitor
+    changes no other number, so the older state plus an empty ring is exactly the state
+    today's program would have saved: the run resumes as if it had recorded all along
+    (without the detection records of the windows before the checkpoint)."""
+    ring = getattr(template.window, "detection", None)
+    if ring is None:
+        return None
+    old = template._replace(window=template.window._replace(detection=None))
+    old_leaves, old_def = jax.tree.flatten(old)
+    if num_leaves != len(old_leaves) or num_leaves == len(jax.tree.leaves(template)):
+        return None
+    state = _load_state(old_def, arrays, len(old_leaves))
+    empty = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ring)
+    return state._replace(window=state.window._replace(detection=empty))
 
 
 def _leaf_key(i: int) -> str:

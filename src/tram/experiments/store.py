@@ -7,6 +7,7 @@ A run directory holds every seed of one (environment, learner, attack config, st
       metrics.csv                 # one row per seed per evaluation, columns METRIC_COLUMNS
       summary.json                # {"status": "done", "final": {seed: {metric: value}}, ...}
       attack_samples.npz          # optional: pi, delta_hat, avail [K, A]; env_steps, seed [K]
+      detection_samples.npz       # the monitor's per-window sample (tram.detect.record)
       checkpoint/                 # save_checkpoint / load_checkpoint
         meta.json                 # {"step", "file", "sha256", "meta", ...}
         state-<step>.npz          # the arrays meta.json points at
@@ -54,6 +55,8 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "attack_samples.npz"
+DETECTION_FILE = "detection_samples.npz"
+"""The detection monitor's scores (:mod:`tram.detect.record`)."""
 CHECKPOINT_DIR = "checkpoint"
 BRANCH_POINT_DIR = "branch-point"
 """A kept checkpoint (same layout as ``checkpoint/``) that runs whose attack starts later
@@ -678,7 +681,8 @@ def clear_run(run_dir: str | os.PathLike) -> None:
     """Removes what a previous training of ``run_dir`` wrote (for ``--restart``): first the
     finished marker ``summary.json`` (one atomic unlink, then the directory is fsynced), so
     that an interrupted restart is never taken for finished; then the checkpoint, the
-    branch point, ``attack_samples.npz`` and ``metrics.csv``. ``config.json`` is kept."""
+    branch point, ``attack_samples.npz``, ``detection_samples.npz`` and ``metrics.csv``.
+    ``config.json`` is kept."""
     run_dir = Path(run_dir)
     summary = run_dir / SUMMARY_FILE
     if summary.exists():
@@ -686,7 +690,7 @@ def clear_run(run_dir: str | os.PathLike) -> None:
         _fsync_dir(run_dir)
     remove_checkpoint(run_dir)
     remove_checkpoint(run_dir, name=BRANCH_POINT_DIR)
-    for name in (SAMPLES_FILE, METRICS_FILE):
+    for name in (SAMPLES_FILE, DETECTION_FILE, METRICS_FILE):
         (run_dir / name).unlink(missing_ok=True)
     _fsync_dir(run_dir)
 

@@ -86,6 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tram.detect.score import epsilon_greedy_policy
 from tram.learners.actor import RNNActor, gru_update
 from tram.learners.common import boolean, positive_int, rmsprop, unit_interval
 from tram.learners.episodes import (
@@ -232,6 +233,11 @@ def make_nets(cfg: QMIXConfig, num_agents: int, num_actions: int) -> QMIXNets:
 # ----------------------------------------------------------------------------------------
 # Acting
 # ----------------------------------------------------------------------------------------
+ACTING_POLICY = epsilon_greedy_policy
+"""The distribution :func:`select_actions` samples from (the detection monitor scores the
+executed actions under it; :mod:`tram.detect.score`)."""
+
+
 def select_actions(key: jax.Array, q: jax.Array, avail: jax.Array, epsilon) -> jax.Array:
     """Epsilon-greedy over available actions (reference ``EpsilonGreedyActionSelector``).
 

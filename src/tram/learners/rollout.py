@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.directions import advance_hidden_tangent
+from tram.detect.score import ActingPolicy, MonitorAcc, step_increments
 from tram.envs.base import TramEnv
 from tram.learners.actor import RNNActor, RNNActorLogits, actor_inputs, floored_policy, greedy_actions, sample_actions
 from tram.learners.episodes import Episodes, empty_episodes
@@ -139,6 +140,8 @@ class RolloutStats(NamedTuple):
         attack_kl_max: ``[]`` the largest ``KL(pi' || pi)`` of those steps.
         sample: an :class:`AttackSample` of environment 0 at a random step (``valid`` False
             when that step was not an attackable step of the poisoned agent).
+        monitor: the detection monitor's sums (:class:`tram.detect.score.MonitorAcc`), or
+            None when ``collect_episodes`` was not given a ``monitor_policy``.
     """
 
     episode_return: jax.Array
@@ -149,6 +152,7 @@ class RolloutStats(NamedTuple):
     attack_single_action_steps: jax.Array
     attack_kl_max: jax.Array
     sample: AttackSample
+    monitor: Any = None
 
 
 def _zero_attack_stats() -> AttackStepStats:
@@ -165,10 +169,15 @@ def collect_episodes(
     attack: AttackHook | None = None,
     storage_dtype=jnp.float32,
     select_actions: SelectActions | None = None,
+    monitor_policy: ActingPolicy | None = None,
 ) -> tuple[Episodes, RolloutStats]:
     """Runs ``num_envs`` episodes to their ends with the floored stochastic policy, or with
     the learner's acting rule ``select_actions`` (e.g. QMIX's epsilon-greedy) if given; the
     attack then perturbs that rule's input in place of the logits.
+
+    With ``monitor_policy`` (the distribution ``select_actions`` samples from, as a function
+    of the clean logits), every agent's executed actions are also scored under its clean
+    policy (:mod:`tram.detect.score`; no random draw, nothing else changes).
 
     Returns:
         ``(episodes, stats)``: ``Episodes`` with ``E = num_envs`` and
@@ -210,6 +219,7 @@ def collect_episodes(
         sample: AttackSample
         h_dot: Any  # [B, H] or None (AttackHook.carry_hidden_tangent)
         hist: Any  # [B, limit + 1, I] or None (AttackHook.carry_history)
+        mon: Any  # MonitorAcc or None (monitor_policy)
 
     def cond(c: Carry):
         return (c.t <= limit) & jnp.any(c.active | c.pending)
@@ -258,6 +268,10 @@ def collect_episodes(
                 take_it = (c.t == sample_t) & multi[0]
                 new = AttackSample(pi=pi0, delta_hat=stats.delta_hat[0], avail=avail0, valid=jnp.bool_(True))
                 sample = jax.tree.map(lambda a, b: jnp.where(take_it, a, b), new, sample)
+        mon = c.mon
+        if monitor_policy is not None:  # clean logits, executed actions
+            u, v = step_increments(monitor_policy(logits, c.ts.avail, epsilon), actions)
+            mon = mon.add(u, v, c.active, c.t)
         act, t, s = c.active, c.t, c.store
         # An env that ended at the previous step ("pending") records the action chosen in
         # its post-episode slot, which the critic targets bootstrap from (PyMARL selects
@@ -289,7 +303,7 @@ def collect_episodes(
             t=t + 1, key=key, env_state=env_state, ts=ts, h=h_new,
             last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
             pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
-            single_steps=single_steps, kl_max=kl_max, sample=sample, h_dot=h_dot, hist=hist,
+            single_steps=single_steps, kl_max=kl_max, sample=sample, h_dot=h_dot, hist=hist, mon=mon,
         )
 
     c0 = Carry(
@@ -298,12 +312,13 @@ def collect_episodes(
         won=jnp.zeros((num_envs,), jnp.float32), attack_sum=_zero_attack_stats(),
         attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
         sample=empty_sample(a), h_dot=h_dot0, hist=hist0,
+        mon=None if monitor_policy is None else MonitorAcc.zeros(num_envs, n, limit),
     )
     c = jax.lax.while_loop(cond, body, c0)
     stats = RolloutStats(
         episode_return=c.ret, won=c.won, length=c.store.lengths, attack=c.attack_sum,
         attack_steps=c.attack_steps, attack_single_action_steps=c.single_steps, attack_kl_max=c.kl_max,
-        sample=c.sample,
+        sample=c.sample, monitor=c.mon,
     )
     return c.store, stats
 

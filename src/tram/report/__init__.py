@@ -9,6 +9,7 @@ Entry point: :func:`make_report`. Output layout under ``out_dir``::
     figures/fig4_<learner>_<env>.{png,pdf}            # Fig. 4
     tables/table{1,2,3}_stealth_<learner>.{md,csv,tex}
     tables/final_performance.{md,csv,tex}
+    tables/detection.{md,csv,tex}, figures/detection_frontier.{png,pdf}   # when runs hold detection data
     marl_eval.json
 """
 
@@ -137,6 +138,19 @@ def make_report(
     if store.runs:
         sections.append(("Tables", "Final performance with bootstrap CIs",
                          write_table(final_table(store, n_boot=n_boot), tab_dir)))
+        # Detection of the poisoned agent (tram detect), when runs recorded the monitor's scores.
+        from tram.detect.report import detection_rows, detection_table, plot_frontier
+
+        det_rows, det_notes = detection_rows(store, n_boot=n_boot)
+        if not det_rows:
+            skip("detection table skipped: no run has detection_samples.npz (tram detect)")
+        else:
+            for m in det_notes:
+                skip(m)
+            sections.append(("Tables", "Detection of the poisoned agent (tram detect)",
+                             write_table(detection_table(det_rows, 0.01), tab_dir)))
+            sections.append(("Figures", "Damage-detectability frontier (tram detect)",
+                             plot_frontier(det_rows, fig_dir)))
         export = out_dir / "marl_eval.json"
         write_text_atomic(export, json.dumps(marl_eval_data(store), indent=2, allow_nan=False) + "\n")
         sections.append(("Exports", "marl-eval raw data (JSON)", [export]))
