@@ -52,6 +52,15 @@ ATTACK_AT = ("test", "train", "both")
 RECURRENT_GRADS = ("exact", "one_step")
 """Accepted values of :attr:`AttackConfig.recurrent_grad` and :attr:`AttackConfig.var_gram`."""
 
+CRITICS = ("learner", "surrogate")
+"""Accepted values of :attr:`AttackConfig.critic`."""
+
+SURROGATE_METHODS = ("var",)
+"""Attack methods accepted with ``attack.critic = "surrogate"``: those whose direction reads
+only Q-values and the actor, which the attacker has. J-based reads the learner's policy
+gradient (white-box only); random and the clean run read no critic
+(:mod:`tram.attacks.surrogate`)."""
+
 _MAX_BSN1 = 126
 
 
@@ -96,6 +105,12 @@ class AttackConfig:
     (per-action gradients back-propagated through the episode so far; the rollout keeps
     the poisoned agent's inputs; much slower). Other methods ignore it. See
     ``docs/recurrent-gradient.md`` for the measured difference."""
+    critic: str = "learner"
+    """Whose critic the direction reads (:data:`CRITICS`): ``learner`` (default; the
+    paper's white-box attacker reads the learner's critic) or ``surrogate`` (black-box: the
+    attacker's own recurrent Q-network on its action-observation history, trained online
+    by TD from the team reward, :mod:`tram.attacks.surrogate`, ``docs/surrogate.md``);
+    accepted with the methods of :data:`SURROGATE_METHODS` only."""
 
     def __post_init__(self):
         from tram.validation import ConfigError, real_number, whole_number
@@ -126,6 +141,14 @@ class AttackConfig:
             if not isinstance(v, str) or v not in RECURRENT_GRADS:
                 raise ConfigError(f"attack.{name}: {v!r} is not accepted; accepted: {', '.join(RECURRENT_GRADS)}",
                                   f"attack.{name}")
+        if not isinstance(self.critic, str) or self.critic not in CRITICS:
+            raise ConfigError(f"attack.critic: {self.critic!r} is not accepted; accepted: {', '.join(CRITICS)}",
+                              "attack.critic")
+        if self.critic == "surrogate" and self.method != CLEAN and self.method not in SURROGATE_METHODS:
+            raise ConfigError(f"attack.critic: 'surrogate' is not accepted with attack.method {self.method!r}; "
+                              f"accepted: method {', '.join(SURROGATE_METHODS)} with the surrogate critic "
+                              f"(J-based needs the learner's policy gradient: white-box only), or "
+                              f"attack.critic 'learner'", "attack.critic")
 
     @property
     def method_spec(self):

@@ -74,6 +74,10 @@ class TrainState(NamedTuple):
     key: jax.Array
     env_steps: jax.Array
     window: WindowAcc
+    attacker: Any = None
+    """The attacker's own state, outside the learner's (which never sees it): the surrogate
+    critic (:class:`tram.attacks.surrogate.SurrogateState`) when ``attack.critic`` is
+    ``surrogate``, else None (no leaves: checkpoints of other runs are unchanged)."""
 
 
 class WindowMetrics(NamedTuple):
@@ -166,6 +170,10 @@ def make_train(config) -> TrainProgram:
     """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
     from tram.attacks.deploy import gate_perturbation
     from tram.attacks.perturb import make_perturbation
+    from tram.attacks.surrogate import SURROGATE_STREAM, SurrogateConfig, init_surrogate, surrogate_q_fn, \
+        update_surrogate
+
+    SURROGATE = SurrogateConfig()
 
     cfg = config.learner
     env = make_env(config.env.name, **config.env.options_dict)
@@ -187,28 +195,44 @@ def make_train(config) -> TrainProgram:
     info_shape = jax.eval_shape(lambda s: mod.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
     info_keys = tuple(sorted(info_shape))
 
-    def attack_hook(ls, env_steps) -> AttackHook:
-        """The attack on the poisoned agent, the identity before ``attack.attack_start``."""
+    surrogate = attacking and attack_cfg.critic == "surrogate"
+    input_dim = env.spec.obs_dim + env.spec.num_actions + env.spec.num_agents
+
+    def attack_hook(ls, env_steps, attacker=None) -> AttackHook:
+        """The attack on the poisoned agent, the identity before ``attack.attack_start``; it
+        reads the learner's critic, or the attacker's surrogate (``attacker``) for
+        ``attack.critic = "surrogate"``."""
         p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
             perturb, env_steps >= attack_cfg.attack_start)
-        return AttackHook(perturb=p, agent=agent, q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
+        if surrogate:
+            q_fn = surrogate_q_fn(attacker.params, agent, env.spec.num_actions, SURROGATE)
+            q_carry = jnp.zeros((SURROGATE.hidden,), jnp.float32)
+        else:
+            q_fn, q_carry = mod.attack_q_fn(nets, ls.critic_params, agent), None
+        return AttackHook(perturb=p, agent=agent, q_fn=q_fn,
                           prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad,
                           carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
-                          carry_history=attack_cfg.carries_history)
+                          carry_history=attack_cfg.carries_history, q_carry=q_carry)
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
+        attacker = (init_surrogate(jax.random.fold_in(key, SURROGATE_STREAM), input_dim, env.spec.num_actions,
+                                   SURROGATE) if surrogate else None)
         return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
-                          window=_zero_window(info_keys, env.spec.num_actions))
+                          window=_zero_window(info_keys, env.spec.num_actions), attacker=attacker)
 
     def iteration(state: TrainState) -> TrainState:
         key, k_roll, k_train = jax.random.split(state.key, 3)
         ls = state.learner
         eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
-        hook = attack_hook(ls, state.env_steps) if train_attack else None
+        hook = attack_hook(ls, state.env_steps, state.attacker) if train_attack else None
         episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage,
                                         select_actions)
+        attacker = state.attacker
+        if surrogate:  # the attacker learns from the episodes it just took part in (no draw from `key`)
+            attacker = update_surrogate(attacker, episodes, agent, env.spec.num_actions,
+                                        bool(getattr(cfg, "bootstrap_timeouts", False)), SURROGATE)
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
@@ -238,13 +262,14 @@ def make_train(config) -> TrainProgram:
                 w.samples, rs.sample),
             sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
         )
-        return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
+        return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w,
+                          attacker=attacker)
 
     def run_window(state: TrainState, until_env_steps) -> tuple[TrainState, WindowMetrics]:
         state = jax.lax.while_loop(lambda s: s.env_steps < until_env_steps, iteration, state)
         key, k_eval = jax.random.split(state.key)
         ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes,
-                             attack_hook(state.learner, state.env_steps) if test_attack else None)
+                             attack_hook(state.learner, state.env_steps, state.attacker) if test_attack else None)
         w = state.window
         nan = jnp.float32(jnp.nan)
         steps = jnp.maximum(w.attack_steps, 1.0)
@@ -285,7 +310,8 @@ def make_train(config) -> TrainProgram:
         if train_attack:
             metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,
                                                                metrics.fallback_frac, nan))
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps,
+                          window=_zero_window(info_keys, env.spec.num_actions), attacker=state.attacker), metrics
 
     # Evaluate at 0, eval_interval, 2 eval_interval, ... and last at exactly `steps` (a shorter
     # last window when eval_interval does not divide it): never train past what was asked.
