@@ -188,11 +188,12 @@ def _slug(text: str) -> str:
 def run_name(config: Mapping[str, Any]) -> str:
     """Directory name of a run: readable fields plus a hash of the whole resolved config.
 
-    ``{env}-{learner}-{method}[-fa{f_a}[-kl{kl_u}][-{attack_at}]]-{steps}steps-{hash8}``, e.g.
+    ``{env}-{learner}-{method}[-fa{f_a}[-kl{kl_u}][-{attack_at}][-{critic}]]-{steps}steps-{hash8}``, e.g.
     ``3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d``: the budget is left out of the readable part for
     method ``none``, ``kl{kl_u}`` for a method without a KL budget, and ``attack_at`` is
     there for a method the report tells apart by it (``worst_q``); both read from the
-    method's entry of :data:`tram.attacks.methods.ATTACK_METHODS`. The hash
+    method's entry of :data:`tram.attacks.methods.ATTACK_METHODS`; ``attack.critic`` is there
+    when it is not the default ``learner`` (``3m-dop-var-fa1-kl6-surrogate-2e6steps-...``). The hash
     (:func:`config_hash`) covers every value except ``versions``,
     so two configs differing in any value (seeds, a learner hyper-parameter, ...) get
     different names, and the same config always gets the same name.
@@ -226,6 +227,8 @@ def run_name(config: Mapping[str, Any]) -> str:
             parts.append(f"kl{_short_number(attack['kl_u'])}")
         if entry is not None and entry.variants:  # e.g. the worst-Q attack: name where it acts
             parts.append(_slug(attack.get("attack_at", "train")))
+        if attack.get("critic", "learner") != "learner":  # black-box TRAM (attack.critic), e.g. "surrogate"
+            parts.append(_slug(attack["critic"]))
     parts += [f"{_short_steps(steps)}steps", config_hash(config)]
     return "-".join(parts)
 
