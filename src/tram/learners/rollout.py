@@ -12,8 +12,9 @@ The acting step, per environment and step ``t``:
    ``select_actions(key_act, logits, avail, epsilon)``, e.g. QMIX's epsilon-greedy);
 3. with an attack: the poisoned agent's logits are replaced by
    ``perturb(key_attack, ctx)``, where ``ctx`` (``tram.types.ActingContext``) holds its
-   logits, available actions, the critic's per-action values (from the learner's
-   ``q_fn``, which may read the teammates' clean actions), the actor parameters and
+   logits, available actions, the critic's per-action values (from the hook's ``q_fn``:
+   the learner's critic, which may read the teammates' clean actions, or the attacker's
+   recurrent surrogate critic, whose hidden state the rollout carries), the actor parameters and
    inputs and the previous actor gradient; then ``actions = sample(key_act, ...)`` with
    the SAME key, so the teammates' actions are the clean ones and an identity
    perturbation reproduces the clean run exactly;
