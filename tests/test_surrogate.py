@@ -282,3 +282,53 @@ def test_critic_is_left_out_of_the_run_identity_at_its_default():
     name_w, name_b = run_name(white.to_dict()), run_name(black.to_dict())
     assert "surrogate" not in name_w and "-fa1-kl6-surrogate-" in name_b
     assert name_w.rsplit("-", 1)[1] != name_b.rsplit("-", 1)[1]
+
+
+# ------------------------------------------------------------------------------------------
+# Sweeps and the report
+# ------------------------------------------------------------------------------------------
+def test_sweep_critics_apply_to_the_surrogate_methods_only():
+    from tram.experiments.sweep import SweepError, _cell_label, expand_grid
+
+    cells = expand_grid({"envs": ["gather"], "learners": ["coma"], "methods": ["none", "var", "jbased"],
+                         "critics": ["learner", "surrogate"], "steps": 1000, "seeds": 1, "eval_interval": 500})
+    got = sorted((c.attack.method, c.attack.critic) for c in cells)
+    assert got == [("jbased", "learner"), ("none", "learner"), ("var", "learner"), ("var", "surrogate")]
+    labels = sorted(_cell_label(c) for c in cells)
+    assert "gather/coma/var fA=1 KL=6 critic=surrogate" in labels and "gather/coma/var fA=1 KL=6" in labels
+    with pytest.raises(SweepError, match=r"sweep key 'critics': 'oracle' is not accepted; accepted: list of "
+                                         r"attack.critic values: learner, surrogate"):
+        expand_grid({"envs": ["gather"], "critics": ["oracle"], "steps": 1000})
+
+
+def test_report_keeps_surrogate_runs_apart(tmp_path):
+    import csv
+    import json
+    import sys
+    from pathlib import Path
+
+    from tram.attacks import methods
+    from tram.report import make_report
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fakeruns
+
+    assert methods.series_key("var", "train", "surrogate") == "var_surrogate"
+    assert methods.series_key("var") == "var"
+    assert methods.series_label("var_surrogate") == "Var-based TRAM, surrogate critic (black-box)"
+    assert methods.series_colour("var_surrogate") == "#ea9393"  # #d62728 halfway to white
+    with pytest.raises(ConfigError, match="'jbased_surrogate' is not in the table"):
+        methods.series_label("jbased_surrogate")
+    root = tmp_path / "runs"
+    for m in ("none", "var"):
+        fakeruns.make_fake_run(root, "gather", m, seeds=(0, 1))
+    other = fakeruns.make_fake_run(tmp_path / "tmp", "gather", "var", seeds=(0, 1))
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["attack"]["critic"] = "surrogate"
+    (other / "config.json").write_text(json.dumps(cfg))
+    other.rename(root / run_name(cfg))
+    out = tmp_path / "report"
+    make_report(root, out, n_boot=50, log=None)
+    with open(out / "tables" / "final_performance.csv", newline="") as f:
+        labels = [r[2] for r in list(csv.reader(f))[1:]]
+    assert labels == ["Clean (none)", "Var-based TRAM", "Var-based TRAM, surrogate critic (black-box)"]

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.budget import find_beta, masked_log_softmax, masked_softmax, stealth_loglik_from_logits
-from tram.attacks.methods import ATTACK_METHODS, CLEAN, attack_method
+from tram.attacks.methods import ATTACK_METHODS, CLEAN, CRITICS, SURROGATE_METHODS, attack_method
 from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
 
 __all__ = ["ATTACK_METHODS", "AttackConfig", "make_perturbation", "identity_perturbation", "perturb_logits"]
@@ -51,15 +51,6 @@ ATTACK_AT = ("test", "train", "both")
 
 RECURRENT_GRADS = ("exact", "one_step")
 """Accepted values of :attr:`AttackConfig.recurrent_grad` and :attr:`AttackConfig.var_gram`."""
-
-CRITICS = ("learner", "surrogate")
-"""Accepted values of :attr:`AttackConfig.critic`."""
-
-SURROGATE_METHODS = ("var",)
-"""Attack methods accepted with ``attack.critic = "surrogate"``: those whose direction reads
-only Q-values and the actor, which the attacker has. J-based reads the learner's policy
-gradient (white-box only); random and the clean run read no critic
-(:mod:`tram.attacks.surrogate`)."""
 
 _MAX_BSN1 = 126
 

@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tram.attacks.perturb import CRITICS, SURROGATE_METHODS  # re-exported: the config's accepted values
+from tram.attacks.methods import CRITICS, SURROGATE_METHODS  # re-exported: the config's accepted values
 from tram.learners.actor import RNNActor, actor_inputs
 from tram.learners.episodes import Episodes, loss_mask, target_terminated
 from tram.learners.targets import td_lambda_targets

@@ -836,13 +836,13 @@ class Run:
     def method(self) -> str:
         """The attack method as the report keys it (:meth:`AttackMethod.series`): the method's
         name, or ``{name}_{attack_at}`` for a method with ``variants`` (``worst_q_test``,
-        ``worst_q_train``, ``worst_q_both``, as Fig. 1 compares them). A method that is not
+        ``worst_q_train``, ``worst_q_both``, as Fig. 1 compares them), with ``_surrogate``
+        appended for ``attack.critic = "surrogate"`` (``var_surrogate``). A method that is not
         in the table is returned as stored (the report then refuses it, naming it)."""
-        from tram.attacks.methods import ATTACK_METHODS
+        from tram.attacks.methods import series_key
 
         attack = self.config["attack"]
-        entry = ATTACK_METHODS.get(attack["method"])
-        return str(attack["method"]) if entry is None else entry.series(attack.get("attack_at", "train"))
+        return series_key(str(attack["method"]), attack.get("attack_at", "train"), attack.get("critic", "learner"))
 
     @property
     def f_a(self) -> float | None:
