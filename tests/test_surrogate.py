@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tram.attacks.perturb import AttackConfig, identity_perturbation
-from tram.attacks.surrogate import (SURROGATE_STREAM, SurrogateConfig, init_surrogate, q_over_inputs,
-                                    surrogate_inputs, surrogate_loss, surrogate_net, surrogate_q_fn, td_loss,
-                                    update_surrogate)
+from tram.attacks.surrogate import (SURROGATE_STREAM, SurrogateConfig, init_surrogate, policy_gradient_estimate,
+                                    q_over_inputs, surrogate_inputs, surrogate_loss, surrogate_net, surrogate_q_fn,
+                                    td_loss, update_surrogate)
 from tram.config import ConfigError, EnvConfig, RunConfig, TrainConfig, build_train_config
 from tram.envs import make_env
 from tram.experiments.program import make_train
@@ -168,6 +168,49 @@ def test_the_rollout_feeds_the_direction_the_values_the_surrogate_trains_on():
     np.testing.assert_array_equal(np.asarray(ep.actions), np.asarray(ep2.actions))
 
 
+def test_policy_gradient_estimate_equals_a_step_by_step_port():
+    """The black-box J-based attacker's gradient: grad of (1/#valid) sum_t A_att(t) log pi_eps(a_t | tau_t)
+    over the poisoned agent's valid steps, A_att = Q_att(a_t) - <pi_eps, Q_att> held constant."""
+    cfg = SurrogateConfig(hidden=8)
+    ep = _tiny_episodes(jax.random.PRNGKey(8))
+    e, t1, n, d = ep.obs.shape
+    a, agent, eps = 4, 0, 0.2
+    off = (int(ep.actions[0, 1, agent]) + 1) % a  # one unavailable action (not the taken one)
+    ep = ep._replace(avail=ep.avail.at[0, 1, agent, off].set(False))
+    actor = RNNActor(num_actions=a, hidden=6)
+    theta = actor.init(jax.random.PRNGKey(9), jnp.zeros(6), jnp.zeros(d + a + n))
+    sur = init_surrogate(jax.random.PRNGKey(10), d + a + n, a, cfg).params
+    net = surrogate_net(a, cfg)
+    obs, acts, avail = np.asarray(ep.obs), np.asarray(ep.actions), np.asarray(ep.avail)
+    valid = [4, 2]  # episode 0 runs 4 steps; episode 1 terminates at its step 1
+
+    def floored(logits, av):
+        p = (1 - eps) * jax.nn.softmax(logits) + eps / a
+        p = jnp.where(av, p, 0.0)
+        return p / p.sum()
+
+    def port(th):
+        total = 0.0
+        for i in range(e):
+            h, hq = jnp.zeros(6), jnp.zeros(8)
+            for s in range(valid[i]):
+                last = np.zeros(a, np.float32) if s == 0 else np.eye(a, dtype=np.float32)[acts[i, s - 1, agent]]
+                x = jnp.asarray(np.concatenate([obs[i, s, agent], last, np.eye(n, dtype=np.float32)[agent]]))
+                logits, h = actor.apply(th, h, x)
+                q, hq = net.apply(sur, hq, x)
+                pi = floored(logits, avail[i, s, agent])
+                adv = jax.lax.stop_gradient(q[acts[i, s, agent]] - jnp.sum(pi * q))
+                total = total + adv * jnp.log(pi[acts[i, s, agent]])
+        return total / sum(valid)
+
+    want = jax.grad(port)(theta)
+    got = policy_gradient_estimate(actor, theta, sur, ep, agent, jnp.float32(eps), cfg)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.all(np.isfinite(np.asarray(w)))
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-7)
+    assert max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want)) > 1e-4
+
+
 def test_updates_fit_a_fixed_batch_and_copy_the_target():
     cfg = SurrogateConfig(hidden=8, lr=3e-3, target_update_interval=5)
     ep = _tiny_episodes(jax.random.PRNGKey(5))
@@ -240,6 +283,20 @@ def test_surrogate_var_attack_end_to_end():
     assert len(jax.tree.leaves(state.learner)) == n_learner
 
 
+def test_surrogate_jbased_uses_its_own_gradient_estimate():
+    state, m = _run(AttackConfig(method="jbased", f_a=1.0, kl_u=6.0, critic="surrogate"))
+    fb = np.asarray(m.fallback_frac)[0, 1:]
+    # random fallback on the first window's first two iterations (200 of its 500 steps): in
+    # the first the attacker has no estimate yet; in the second its estimate, taken on the
+    # first iteration's episodes at epsilon = 1 (DOP's floored policy is then uniform,
+    # whatever the logits), is exactly zero, as the learner's own gradient would be. Then never.
+    assert fb[0] == pytest.approx(0.4) and np.all(fb[1:] == 0.0), fb
+    assert bool(state.attacker.has_grad[0])
+    g = jax.tree.leaves(state.attacker.policy_grad)
+    assert len(g) == len(jax.tree.leaves(state.learner.actor_params)) and any(float(jnp.max(jnp.abs(x))) > 0 for x in g)
+    assert np.all(np.asarray(m.kl_max)[:, 1:] <= 6.0 + 1e-5)
+
+
 def test_surrogate_initialisation_uses_its_own_stream():
     spec = make_env("gather").spec
     cfg = TrainConfig(env=EnvConfig("gather"), learner=_small_dop(),
@@ -257,16 +314,17 @@ def test_surrogate_initialisation_uses_its_own_stream():
 def test_critic_values_and_messages():
     with pytest.raises(ConfigError, match=r"^attack\.critic: 'oracle' is not accepted; accepted: learner, surrogate$"):
         AttackConfig(method="var", critic="oracle")
-    with pytest.raises(ConfigError, match=r"attack\.critic: 'surrogate' is not accepted with attack\.method "
-                                          r"'jbased'; accepted: method var .*white-box only"):
-        AttackConfig(method="jbased", critic="surrogate")
+    with pytest.raises(ConfigError, match=r"^attack\.critic: 'surrogate' is not accepted with attack\.method "
+                                          r"'worst_q'; accepted: a method of var, jbased with the surrogate critic"):
+        AttackConfig(method="worst_q", critic="surrogate")
+    assert AttackConfig(method="jbased", critic="surrogate").critic == "surrogate"
     with pytest.raises(ConfigError, match=r"attack\.critic: 'surrogate' is not accepted with attack\.method 'random'"):
         build_train_config("gather", "coma", "random", sets=["attack.critic=surrogate"])
     with pytest.raises(ConfigError, match=r"^attack\.critic: 'surrogate' given without an attack"):
         build_train_config("gather", "dop", "none", sets=["attack.critic=surrogate"])
     for msg in ("oracle", "surrogate"):  # one line each
         try:
-            AttackConfig(method="jbased", critic=msg)
+            AttackConfig(method="worst_q", critic=msg)
         except ConfigError as e:
             assert "\n" not in str(e)
 
@@ -290,10 +348,11 @@ def test_critic_is_left_out_of_the_run_identity_at_its_default():
 def test_sweep_critics_apply_to_the_surrogate_methods_only():
     from tram.experiments.sweep import SweepError, _cell_label, expand_grid
 
-    cells = expand_grid({"envs": ["gather"], "learners": ["coma"], "methods": ["none", "var", "jbased"],
+    cells = expand_grid({"envs": ["gather"], "learners": ["coma"], "methods": ["none", "var", "jbased", "random"],
                          "critics": ["learner", "surrogate"], "steps": 1000, "seeds": 1, "eval_interval": 500})
     got = sorted((c.attack.method, c.attack.critic) for c in cells)
-    assert got == [("jbased", "learner"), ("none", "learner"), ("var", "learner"), ("var", "surrogate")]
+    assert got == [("jbased", "learner"), ("jbased", "surrogate"), ("none", "learner"), ("random", "learner"),
+                   ("var", "learner"), ("var", "surrogate")]
     labels = sorted(_cell_label(c) for c in cells)
     assert "gather/coma/var fA=1 KL=6 critic=surrogate" in labels and "gather/coma/var fA=1 KL=6" in labels
     with pytest.raises(SweepError, match=r"sweep key 'critics': 'oracle' is not accepted; accepted: list of "
@@ -317,8 +376,9 @@ def test_report_keeps_surrogate_runs_apart(tmp_path):
     assert methods.series_key("var") == "var"
     assert methods.series_label("var_surrogate") == "Var-based TRAM, surrogate critic (black-box)"
     assert methods.series_colour("var_surrogate") == "#ea9393"  # #d62728 halfway to white
-    with pytest.raises(ConfigError, match="'jbased_surrogate' is not in the table"):
-        methods.series_label("jbased_surrogate")
+    assert methods.series_colour("jbased_surrogate") == "#8fbbd9"  # #1f77b4 halfway to white
+    with pytest.raises(ConfigError, match="'random_surrogate' is not in the table"):
+        methods.series_label("random_surrogate")
     root = tmp_path / "runs"
     for m in ("none", "var"):
         fakeruns.make_fake_run(root, "gather", m, seeds=(0, 1))

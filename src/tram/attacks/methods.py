@@ -43,10 +43,11 @@ CRITICS = ("learner", "surrogate")
 """Accepted values of ``attack.critic``: whose critic the direction reads (the learner's, or
 the attacker's own surrogate, :mod:`tram.attacks.surrogate`)."""
 
-SURROGATE_METHODS = ("var",)
-"""Methods accepted with ``attack.critic = "surrogate"``: those whose direction reads only
-Q-values and the actor, which the attacker has. J-based reads the learner's policy gradient
-(white-box only); random and the clean run read no critic; worst_q stays white-box."""
+SURROGATE_METHODS = ("var", "jbased")
+"""Methods accepted with ``attack.critic = "surrogate"``: var reads Q-values and the actor,
+which the black-box attacker has; J-based also reads the policy gradient, for which the
+black-box attacker uses its own estimate (:func:`tram.attacks.surrogate.policy_gradient_estimate`).
+Random and the clean run read no critic; worst_q stays white-box."""
 
 SURROGATE_SUFFIX = "_surrogate"
 """Report key of a surrogate-critic run: the method's key plus this, e.g. ``var_surrogate``

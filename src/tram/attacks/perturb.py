@@ -100,8 +100,9 @@ class AttackConfig:
     """Whose critic the direction reads (:data:`CRITICS`): ``learner`` (default; the
     paper's white-box attacker reads the learner's critic) or ``surrogate`` (black-box: the
     attacker's own recurrent Q-network on its action-observation history, trained online
-    by TD from the team reward, :mod:`tram.attacks.surrogate`, ``docs/surrogate.md``);
-    accepted with the methods of :data:`SURROGATE_METHODS` only."""
+    by TD from the team reward, :mod:`tram.attacks.surrogate`, ``docs/surrogate.md``; J-based
+    then uses the attacker's own policy-gradient estimate); accepted with the methods of
+    :data:`SURROGATE_METHODS` only."""
 
     def __post_init__(self):
         from tram.validation import ConfigError, real_number, whole_number
@@ -137,9 +138,9 @@ class AttackConfig:
                               "attack.critic")
         if self.critic == "surrogate" and self.method != CLEAN and self.method not in SURROGATE_METHODS:
             raise ConfigError(f"attack.critic: 'surrogate' is not accepted with attack.method {self.method!r}; "
-                              f"accepted: method {', '.join(SURROGATE_METHODS)} with the surrogate critic "
-                              f"(J-based needs the learner's policy gradient: white-box only), or "
-                              f"attack.critic 'learner'", "attack.critic")
+                              f"accepted: a method of {', '.join(SURROGATE_METHODS)} with the surrogate critic "
+                              f"(the others read no critic or stay white-box), or attack.critic 'learner'",
+                              "attack.critic")
 
     @property
     def method_spec(self):

@@ -44,10 +44,14 @@ Design (``docs/surrogate.md`` says the same in prose):
 
 What the attacker does not see: the global state, the teammates' observations, the
 learner's critic and mixer (DOP's ``k_k(s)`` and ``Q_k(s, o_k, .)``, COMA's ``Q(s, u_-k,
-.)``) and the learner's policy gradient. The J-based direction needs the last actor
-update's gradient, so it is white-box only: ``critic = "surrogate"`` is accepted with the
-variance-based direction only (:data:`SURROGATE_METHODS`), which needs Q-values and the
-actor, both of which the attacker has.
+.)``) and the learner's policy gradient. ``critic = "surrogate"`` is accepted with the
+methods of :data:`SURROGATE_METHODS`: var needs Q-values and the actor, both of which the
+attacker has; J-based also needs the last actor update's gradient, for which the black-box
+attacker uses its own estimate from its episodes and its surrogate
+(:func:`policy_gradient_estimate`, kept in :attr:`SurrogateState.policy_grad`, computed
+after each surrogate update at the actor that collected the episodes; before the first one
+the direction falls back to random, as the white-box one does before the learner's first
+actor update).
 
 Departures from the paper: the paper has no black-box attacker (App. E names it as future
 work); every choice here is ours. The hyper-parameters are COMA's critic defaults in
@@ -71,7 +75,7 @@ from tram.learners.targets import td_lambda_targets
 
 __all__ = ["CRITICS", "SURROGATE_METHODS", "SURROGATE_STREAM", "SurrogateConfig", "SurrogateState",
            "surrogate_net", "init_surrogate", "surrogate_inputs", "q_over_inputs", "td_targets", "td_loss",
-           "surrogate_loss", "update_surrogate", "surrogate_q_fn"]
+           "surrogate_loss", "update_surrogate", "policy_gradient_estimate", "surrogate_q_fn"]
 
 SURROGATE_STREAM = 0x5A77
 """Folded into the run key for the surrogate's own random stream (its initialisation)."""
@@ -102,13 +106,18 @@ class SurrogateConfig:
 class SurrogateState(NamedTuple):
     """The attacker's critic: ``params`` and ``target_params`` (pytrees of
     :func:`surrogate_net`), the RMSprop state ``opt_state``, ``updates [] int32`` taken so
-    far and ``loss []`` float32 of the last update (NaN before the first)."""
+    far and ``loss []`` float32 of the last update (NaN before the first). For the J-based
+    direction also ``policy_grad`` (a pytree like the actor's parameters: the attacker's own
+    estimate of the policy gradient, :func:`policy_gradient_estimate`) and ``has_grad [] bool``;
+    None otherwise."""
 
     params: Any
     target_params: Any
     opt_state: Any
     updates: jax.Array
     loss: jax.Array
+    policy_grad: Any = None
+    has_grad: Any = None
 
 
 def surrogate_net(num_actions: int, cfg: SurrogateConfig = SurrogateConfig()) -> RNNActor:
@@ -214,7 +223,48 @@ def update_surrogate(state: SurrogateState, episodes: Episodes, agent: int, num_
     updates = state.updates + 1
     copy = updates % cfg.target_update_interval == 0
     target = jax.tree.map(lambda p, t: jnp.where(copy, p, t), params, state.target_params)
-    return SurrogateState(params=params, target_params=target, opt_state=opt_state, updates=updates, loss=loss)
+    return state._replace(params=params, target_params=target, opt_state=opt_state, updates=updates, loss=loss)
+
+
+def policy_gradient_estimate(actor: RNNActor, actor_params, surrogate_params, episodes: Episodes, agent: int,
+                             epsilon, cfg: SurrogateConfig = SurrogateConfig()):
+    """The black-box attacker's estimate of the team's policy gradient (ascent direction of J),
+    in place of the learner's last actor gradient for the J-based direction.
+
+    From the poisoned agent's share of the actor loss, with its surrogate's advantages:
+    ``g = grad_theta (1 / sum mask) sum_{e,t} mask A_att(tau_t, a_t) log pi_eps(a_t | tau_t)``,
+    ``A_att(tau, a) = Q_att(tau, a) - sum_b pi_eps(b | tau) Q_att(tau, b)`` held constant,
+    ``pi_eps`` the learner's epsilon-floored policy (the attacker samples from it, so it
+    knows it), the gradient through the whole history (the actor unrolled from a zero
+    hidden state), on the agent's executed actions of ``episodes``. It is the learner's
+    (COMA-form) gradient restricted to agent ``k``'s terms, with ``Q_att`` in place of the
+    learner's critic: what the attacker can compute without the teammates' data.
+
+    Args:
+        actor: the shared actor; actor_params: its parameters (those that collected
+            ``episodes``); surrogate_params: the surrogate's; epsilon: ``[]`` the floor.
+
+    Returns:
+        A pytree like ``actor_params``.
+    """
+    from tram.learners.actor import floored_policy
+
+    ep = episodes.as_float32()
+    a = actor.num_actions
+    x = surrogate_inputs(ep, agent, a)  # [E, T+1, I]: the actor's inputs are the same rows
+    avail = ep.avail[:, :, agent]
+    actions = ep.actions[:, :, agent]
+    mask = jnp.concatenate([loss_mask(ep.filled, ep.terminated), jnp.zeros((x.shape[0], 1))], axis=1)
+    weight = mask / jnp.maximum(jnp.sum(mask), 1.0)
+    q = jax.lax.stop_gradient(q_over_inputs(surrogate_net(a, cfg), surrogate_params, x))
+
+    def objective(theta):
+        pi = floored_policy(q_over_inputs(actor, theta, x), avail, epsilon)
+        adv = jax.lax.stop_gradient(_taken(q, actions) - jnp.sum(pi * q, axis=-1))
+        pi_taken = jnp.where(weight > 0, _taken(pi, actions), 1.0)
+        return jnp.sum(weight * adv * jnp.log(pi_taken))
+
+    return jax.grad(objective)(actor_params)
 
 
 def surrogate_q_fn(params, agent: int, num_actions: int, cfg: SurrogateConfig = SurrogateConfig()):

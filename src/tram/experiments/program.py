@@ -30,6 +30,11 @@ A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init
 and ``has_prev_grad``. Optionally (QMIX): ``select_actions`` (its acting rule, default the
 floored softmax), and ``WORST_Q_SOURCE``
 (where the ``worst_q`` attack reads individual Q-values, default the critic).
+
+Black-box TRAM (``attack.critic = "surrogate"``, :mod:`tram.attacks.surrogate`): the
+attacker's own critic lives in ``TrainState.attacker``, outside the learner's state; each
+iteration updates it on the episodes just collected (and, for J-based, its own
+policy-gradient estimate), and the attack hook reads it instead of ``attack_q_fn``.
 """
 
 from __future__ import annotations
@@ -170,8 +175,8 @@ def make_train(config) -> TrainProgram:
     """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
     from tram.attacks.deploy import gate_perturbation
     from tram.attacks.perturb import make_perturbation
-    from tram.attacks.surrogate import SURROGATE_STREAM, SurrogateConfig, init_surrogate, surrogate_q_fn, \
-        update_surrogate
+    from tram.attacks.surrogate import SURROGATE_STREAM, SurrogateConfig, init_surrogate, \
+        policy_gradient_estimate, surrogate_q_fn, update_surrogate
 
     SURROGATE = SurrogateConfig()
 
@@ -196,6 +201,7 @@ def make_train(config) -> TrainProgram:
     info_keys = tuple(sorted(info_shape))
 
     surrogate = attacking and attack_cfg.critic == "surrogate"
+    attacker_grad = surrogate and attack_cfg.method == "jbased"  # the direction that reads g_prev
     input_dim = env.spec.obs_dim + env.spec.num_actions + env.spec.num_agents
 
     def attack_hook(ls, env_steps, attacker=None) -> AttackHook:
@@ -204,21 +210,29 @@ def make_train(config) -> TrainProgram:
         ``attack.critic = "surrogate"``."""
         p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
             perturb, env_steps >= attack_cfg.attack_start)
-        if surrogate:
+        if surrogate:  # nothing of the learner's: its own critic and (J-based) its own gradient estimate
             q_fn = surrogate_q_fn(attacker.params, agent, env.spec.num_actions, SURROGATE)
             q_carry = jnp.zeros((SURROGATE.hidden,), jnp.float32)
+            g_prev, has_g = attacker.policy_grad, attacker.has_grad
+            if g_prev is None:  # var reads no gradient
+                has_g = jnp.bool_(False)
         else:
             q_fn, q_carry = mod.attack_q_fn(nets, ls.critic_params, agent), None
-        return AttackHook(perturb=p, agent=agent, q_fn=q_fn,
-                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad,
+            g_prev, has_g = ls.prev_actor_grad, ls.has_prev_grad
+        return AttackHook(perturb=p, agent=agent, q_fn=q_fn, prev_actor_grad=g_prev, has_prev_grad=has_g,
                           carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
                           carry_history=attack_cfg.carries_history, q_carry=q_carry)
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
-        attacker = (init_surrogate(jax.random.fold_in(key, SURROGATE_STREAM), input_dim, env.spec.num_actions,
-                                   SURROGATE) if surrogate else None)
+        attacker = None
+        if surrogate:
+            attacker = init_surrogate(jax.random.fold_in(key, SURROGATE_STREAM), input_dim, env.spec.num_actions,
+                                      SURROGATE)
+            if attacker_grad:
+                attacker = attacker._replace(policy_grad=jax.tree.map(jnp.zeros_like, ls.actor_params),
+                                             has_grad=jnp.bool_(False))
         return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
                           window=_zero_window(info_keys, env.spec.num_actions), attacker=attacker)
 
@@ -233,6 +247,11 @@ def make_train(config) -> TrainProgram:
         if surrogate:  # the attacker learns from the episodes it just took part in (no draw from `key`)
             attacker = update_surrogate(attacker, episodes, agent, env.spec.num_actions,
                                         bool(getattr(cfg, "bootstrap_timeouts", False)), SURROGATE)
+            if attacker_grad:  # J-based: its own policy-gradient estimate, at the actor that acted
+                attacker = attacker._replace(
+                    policy_grad=policy_gradient_estimate(nets.actor, ls.actor_params, attacker.params, episodes,
+                                                         agent, eps, SURROGATE),
+                    has_grad=jnp.bool_(True))
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)

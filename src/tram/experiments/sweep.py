@@ -8,7 +8,7 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
     methods: [none, var, jbased, random]   # default: none and every method with a KL budget
     f_a: [1.0]                  # default [1.0]; ignored for method none
     kl_u: [6.0]                 # default [6.0]; ignored for methods without a KL budget
-    critics: [learner, surrogate]   # default [learner]; attack.critic, for var only (others: learner)
+    critics: [learner, surrogate]   # default [learner]; attack.critic, for var and jbased (others: learner)
     seeds: 5                    # a count (seeds 0..4) or a list of seeds
     steps: 2e6
     eval_interval: 10000
