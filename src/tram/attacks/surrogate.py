@@ -5,7 +5,7 @@ The paper's directions read the learner's critic (``ActingContext.q_values`` and
 have that critic. What it does have: its own observations and actions, the team reward
 (every agent receives it), the shared actor (it acts with it; with parameter sharing the
 actor's parameters are every agent's) and the episodes' ends. From these it trains its own
-critic, and the variance-based direction reads that critic instead of the learner's.
+critic, and the direction (var or J-based) reads that critic instead of the learner's.
 
 Design (``docs/surrogate.md`` says the same in prose):
 
