@@ -64,8 +64,9 @@ def test_builtin_entries_keep_the_report_names():
     assert list(ATTACK_METHODS) == ["none", "var", "jbased", "random", "combined", "worst_q"]
     assert [ATTACK_METHODS[m].label for m in ("none", "var", "jbased", "random")] == \
         ["Clean (none)", "Var-based TRAM", "J-based TRAM", "Random"]
-    assert methods.series_keys() == ("none", "var", "jbased", "random", "combined", "worst_q_test",
-                                     "worst_q_train", "worst_q_both")
+    assert methods.series_keys() == ("none", "var", "var_surrogate", "jbased", "jbased_surrogate", "random",
+                                     "combined", "combined_surrogate", "worst_q_test", "worst_q_train",
+                                     "worst_q_both")
     assert methods.series_label("worst_q_test") == "Worst-Q attack at test time only (deploy-time)"
     assert methods.series_colour("var") == "#d62728"
     assert [n for n, m in ATTACK_METHODS.items() if m.has_kl_budget] == ["var", "jbased", "random", "combined"]

@@ -41,7 +41,7 @@ from tram.validation import ConfigError, real_number, whole_number
 SEED_MODES = ("vmap", "map")
 """Accepted ``run.seed_mode`` values (:func:`tram.experiments.program.over_seeds`)."""
 
-OMITTED_AT_DEFAULT: frozenset[tuple[str, str]] = frozenset()
+OMITTED_AT_DEFAULT: frozenset[tuple[str, str]] = frozenset({("attack", "critic")})
 """``(section, field)`` pairs left out of a run's identity (``config.json`` and its hash,
 :meth:`TrainConfig.to_dict`) while the field holds its default value. A field added after
 runs were stored goes here when its default reproduces the earlier behaviour: the stored runs

@@ -32,11 +32,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from tram.attacks.perturb import AttackConfig
     from tram.types import PolicyPerturbation
 
-__all__ = ["AttackMethod", "ATTACK_METHODS", "attack_method", "accepted_methods", "series_keys",
+__all__ = ["AttackMethod", "ATTACK_METHODS", "attack_method", "accepted_methods", "series_keys", "series_key",
+           "CRITICS", "SURROGATE_METHODS", "SURROGATE_SUFFIX",
            "series_method", "series_label", "series_colour", "methods_help", "CLEAN"]
 
 CLEAN = "none"
 """The method of a clean run (no attack); it is an entry of the table like the others."""
+
+CRITICS = ("learner", "surrogate")
+"""Accepted values of ``attack.critic``: whose critic the direction reads (the learner's, or
+the attacker's own surrogate, :mod:`tram.attacks.surrogate`)."""
+
+SURROGATE_METHODS = ("var", "jbased", "combined")
+"""Methods accepted with ``attack.critic = "surrogate"``: var reads Q-values and the actor,
+which the black-box attacker has; J-based and combined also read the last policy gradient
+(:data:`READS_PREVIOUS_GRADIENT`), for which the black-box attacker uses its own estimate
+(:func:`tram.attacks.surrogate.policy_gradient_estimate`). Random and the clean run read no
+critic; worst_q stays white-box."""
+
+READS_PREVIOUS_GRADIENT = ("jbased", "combined")
+"""Methods whose direction reads the learner's last actor gradient (``ActingContext.prev_actor_grad``);
+with the surrogate critic the attacker supplies its own estimate instead."""
+
+SURROGATE_SUFFIX = "_surrogate"
+"""Report key of a surrogate-critic run: the method's key plus this, e.g. ``var_surrogate``
+(:func:`series_key`), placed right after the method in the report's order."""
 
 DirectionFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 """``direction(key, ctx, actor_logits_fn) -> (delta_hat [A] float32, fallback [] bool)`` for ONE
@@ -215,9 +235,29 @@ def accepted_methods(learner: str) -> tuple[str, ...]:
 
 
 def series_keys() -> tuple[str, ...]:
-    """Every report key (a method's name, or ``{name}_{attack_at}`` for its variants), in
-    table order."""
-    return tuple(k for m in ATTACK_METHODS.values() for k in m.series_keys())
+    """Every report key (a method's name, or ``{name}_{attack_at}`` for its variants, and
+    ``{name}_surrogate`` right after a method of :data:`SURROGATE_METHODS`), in table order."""
+    keys: list[str] = []
+    for n, m in ATTACK_METHODS.items():
+        keys += m.series_keys()
+        if n in SURROGATE_METHODS:
+            keys.append(n + SURROGATE_SUFFIX)
+    return tuple(keys)
+
+
+def series_key(method: str, attack_at: str = "train", critic: str = "learner") -> str:
+    """The report key of a run (``attack.method``, ``attack.attack_at``, ``attack.critic``):
+    :meth:`AttackMethod.series`, plus :data:`SURROGATE_SUFFIX` for the surrogate critic. A
+    method that is not in the table is returned as given."""
+    entry = ATTACK_METHODS.get(method)
+    key = method if entry is None else entry.series(attack_at)
+    return key + SURROGATE_SUFFIX if critic == "surrogate" else key
+
+
+def _lighter(colour: str) -> str:
+    """``#rrggbb`` halfway to white (the surrogate critic's shade of its method's colour)."""
+    rgb = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{(c + 255) // 2:02x}" for c in rgb)
 
 
 def _series(key: str) -> tuple[AttackMethod, str, str]:
@@ -227,6 +267,8 @@ def _series(key: str) -> tuple[AttackMethod, str, str]:
                 return m, label, colour
         if key == m.name and not m.variants:
             return m, m.label, m.colour
+        if key == m.name + SURROGATE_SUFFIX and m.name in SURROGATE_METHODS:
+            return m, f"{m.label}, surrogate critic (black-box)", _lighter(m.colour)
     raise ConfigError(f"attack method {key!r} is not in the table of attack methods "
                       f"(tram.attacks.methods.ATTACK_METHODS); accepted: {', '.join(series_keys())}", "attack.method")
 

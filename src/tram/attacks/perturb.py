@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.budget import find_beta, masked_log_softmax, masked_softmax, stealth_loglik_from_logits
-from tram.attacks.methods import ATTACK_METHODS, CLEAN, attack_method
+from tram.attacks.methods import ATTACK_METHODS, CLEAN, CRITICS, SURROGATE_METHODS, attack_method
 from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
 
 __all__ = ["ATTACK_METHODS", "AttackConfig", "make_perturbation", "identity_perturbation", "perturb_logits"]
@@ -99,6 +99,13 @@ class AttackConfig:
     the poisoned agent's inputs; much slower). Method ``combined`` uses it for its
     variance term; other methods ignore it. See
     ``docs/recurrent-gradient.md`` for the measured difference."""
+    critic: str = "learner"
+    """Whose critic the direction reads (:data:`CRITICS`): ``learner`` (default; the
+    paper's white-box attacker reads the learner's critic) or ``surrogate`` (black-box: the
+    attacker's own recurrent Q-network on its action-observation history, trained online
+    by TD from the team reward, :mod:`tram.attacks.surrogate`, ``docs/surrogate.md``; J-based
+    then uses the attacker's own policy-gradient estimate); accepted with the methods of
+    :data:`SURROGATE_METHODS` only."""
 
     def __post_init__(self):
         from tram.validation import ConfigError, real_number, whole_number
@@ -129,6 +136,14 @@ class AttackConfig:
             if not isinstance(v, str) or v not in RECURRENT_GRADS:
                 raise ConfigError(f"attack.{name}: {v!r} is not accepted; accepted: {', '.join(RECURRENT_GRADS)}",
                                   f"attack.{name}")
+        if not isinstance(self.critic, str) or self.critic not in CRITICS:
+            raise ConfigError(f"attack.critic: {self.critic!r} is not accepted; accepted: {', '.join(CRITICS)}",
+                              "attack.critic")
+        if self.critic == "surrogate" and self.method != CLEAN and self.method not in SURROGATE_METHODS:
+            raise ConfigError(f"attack.critic: 'surrogate' is not accepted with attack.method {self.method!r}; "
+                              f"accepted: a method of {', '.join(SURROGATE_METHODS)} with the surrogate critic "
+                              f"(the others read no critic or stay white-box), or attack.critic 'learner'",
+                              "attack.critic")
 
     @property
     def method_spec(self):

@@ -30,6 +30,11 @@ A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init
 and ``has_prev_grad``. Optionally (QMIX): ``select_actions`` (its acting rule, default the
 floored softmax), and ``WORST_Q_SOURCE``
 (where the ``worst_q`` attack reads individual Q-values, default the critic).
+
+Black-box TRAM (``attack.critic = "surrogate"``, :mod:`tram.attacks.surrogate`): the
+attacker's own critic lives in ``TrainState.attacker``, outside the learner's state; each
+iteration updates it on the episodes just collected (and, for J-based, its own
+policy-gradient estimate), and the attack hook reads it instead of ``attack_q_fn``.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class TrainState(NamedTuple):
     key: jax.Array
     env_steps: jax.Array
     window: WindowAcc
+    attacker: Any = None
+    """The attacker's own state, outside the learner's (which never sees it): the surrogate
+    critic (:class:`tram.attacks.surrogate.SurrogateState`) when ``attack.critic`` is
+    ``surrogate``, else None (no leaves: checkpoints of other runs are unchanged)."""
 
 
 class WindowMetrics(NamedTuple):
@@ -173,7 +182,12 @@ def make_train(config, record_detection: bool = True) -> TrainProgram:
     (:mod:`tram.detect.score`; the learner's ``ACTING_POLICY``, default the floored
     softmax). It draws no random number: every other output is the same without it."""
     from tram.attacks.deploy import gate_perturbation
+    from tram.attacks.methods import READS_PREVIOUS_GRADIENT
     from tram.attacks.perturb import make_perturbation
+    from tram.attacks.surrogate import SURROGATE_STREAM, SurrogateConfig, init_surrogate, \
+        policy_gradient_estimate, surrogate_q_fn, update_surrogate
+
+    SURROGATE = SurrogateConfig()
 
     cfg = config.learner
     env = make_env(config.env.name, **config.env.options_dict)
@@ -201,27 +215,58 @@ def make_train(config, record_detection: bool = True) -> TrainProgram:
     def zero_window() -> WindowAcc:
         return _zero_window(info_keys, env.spec.num_actions)._replace(detection=ring0)
 
-    def attack_hook(ls, env_steps) -> AttackHook:
-        """The attack on the poisoned agent, the identity before ``attack.attack_start``."""
+    surrogate = attacking and attack_cfg.critic == "surrogate"
+    attacker_grad = surrogate and attack_cfg.method in READS_PREVIOUS_GRADIENT  # directions that read g_prev
+    input_dim = env.spec.obs_dim + env.spec.num_actions + env.spec.num_agents
+
+    def attack_hook(ls, env_steps, attacker=None) -> AttackHook:
+        """The attack on the poisoned agent, the identity before ``attack.attack_start``; it
+        reads the learner's critic, or the attacker's surrogate (``attacker``) for
+        ``attack.critic = "surrogate"``."""
         p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
             perturb, env_steps >= attack_cfg.attack_start)
-        return AttackHook(perturb=p, agent=agent, q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
-                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad,
+        if surrogate:  # nothing of the learner's: its own critic and (J-based) its own gradient estimate
+            q_fn = surrogate_q_fn(attacker.params, agent, env.spec.num_actions, SURROGATE)
+            q_carry = jnp.zeros((SURROGATE.hidden,), jnp.float32)
+            g_prev, has_g = attacker.policy_grad, attacker.has_grad
+            if g_prev is None:  # var reads no gradient
+                has_g = jnp.bool_(False)
+        else:
+            q_fn, q_carry = mod.attack_q_fn(nets, ls.critic_params, agent), None
+            g_prev, has_g = ls.prev_actor_grad, ls.has_prev_grad
+        return AttackHook(perturb=p, agent=agent, q_fn=q_fn, prev_actor_grad=g_prev, has_prev_grad=has_g,
                           carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
-                          carry_history=attack_cfg.carries_history)
+                          carry_history=attack_cfg.carries_history, q_carry=q_carry)
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
         _, ls = mod.init_state(cfg, env.spec, k_init)
-        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0), window=zero_window())
+        attacker = None
+        if surrogate:
+            attacker = init_surrogate(jax.random.fold_in(key, SURROGATE_STREAM), input_dim, env.spec.num_actions,
+                                      SURROGATE)
+            if attacker_grad:
+                attacker = attacker._replace(policy_grad=jax.tree.map(jnp.zeros_like, ls.actor_params),
+                                             has_grad=jnp.bool_(False))
+        return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
+                          window=zero_window(), attacker=attacker)
 
     def iteration(state: TrainState) -> TrainState:
         key, k_roll, k_train = jax.random.split(state.key, 3)
         ls = state.learner
         eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
-        hook = attack_hook(ls, state.env_steps) if train_attack else None
+        hook = attack_hook(ls, state.env_steps, state.attacker) if train_attack else None
         episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage,
                                         select_actions, monitor_policy=monitor_policy)
+        attacker = state.attacker
+        if surrogate:  # the attacker learns from the episodes it just took part in (no draw from `key`)
+            attacker = update_surrogate(attacker, episodes, agent, env.spec.num_actions,
+                                        bool(getattr(cfg, "bootstrap_timeouts", False)), SURROGATE)
+            if attacker_grad:  # J-based: its own policy-gradient estimate, at the actor that acted
+                attacker = attacker._replace(
+                    policy_grad=policy_gradient_estimate(nets.actor, ls.actor_params, attacker.params, episodes,
+                                                         agent, eps, SURROGATE),
+                    has_grad=jnp.bool_(True))
         ls = mod.store_episodes(ls, episodes)
         zero_info = {k: jnp.float32(0.0) for k in info_keys}
         ready = mod.ready_to_train(cfg, ls)
@@ -252,13 +297,14 @@ def make_train(config, record_detection: bool = True) -> TrainProgram:
             sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
             detection=None if ring0 is None else w.detection.push(rs.monitor, rs.length, state.env_steps),
         )
-        return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
+        return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w,
+                          attacker=attacker)
 
     def run_window(state: TrainState, until_env_steps) -> tuple[TrainState, WindowMetrics]:
         state = jax.lax.while_loop(lambda s: s.env_steps < until_env_steps, iteration, state)
         key, k_eval = jax.random.split(state.key)
         ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes,
-                             attack_hook(state.learner, state.env_steps) if test_attack else None)
+                             attack_hook(state.learner, state.env_steps, state.attacker) if test_attack else None)
         w = state.window
         nan = jnp.float32(jnp.nan)
         steps = jnp.maximum(w.attack_steps, 1.0)
@@ -300,7 +346,8 @@ def make_train(config, record_detection: bool = True) -> TrainProgram:
         if train_attack:
             metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,
                                                                metrics.fallback_frac, nan))
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=zero_window()), metrics
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps,
+                          window=zero_window(), attacker=state.attacker), metrics
 
     # Evaluate at 0, eval_interval, 2 eval_interval, ... and last at exactly `steps` (a shorter
     # last window when eval_interval does not divide it): never train past what was asked.

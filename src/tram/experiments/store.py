@@ -191,11 +191,12 @@ def _slug(text: str) -> str:
 def run_name(config: Mapping[str, Any]) -> str:
     """Directory name of a run: readable fields plus a hash of the whole resolved config.
 
-    ``{env}-{learner}-{method}[-fa{f_a}[-kl{kl_u}][-{attack_at}]]-{steps}steps-{hash8}``, e.g.
+    ``{env}-{learner}-{method}[-fa{f_a}[-kl{kl_u}][-{attack_at}][-{critic}]]-{steps}steps-{hash8}``, e.g.
     ``3m-dop-var-fa1-kl6-2e6steps-1a2b3c4d``: the budget is left out of the readable part for
     method ``none``, ``kl{kl_u}`` for a method without a KL budget, and ``attack_at`` is
     there for a method the report tells apart by it (``worst_q``); both read from the
-    method's entry of :data:`tram.attacks.methods.ATTACK_METHODS`. The hash
+    method's entry of :data:`tram.attacks.methods.ATTACK_METHODS`; ``attack.critic`` is there
+    when it is not the default ``learner`` (``3m-dop-var-fa1-kl6-surrogate-2e6steps-...``). The hash
     (:func:`config_hash`) covers every value except ``versions``,
     so two configs differing in any value (seeds, a learner hyper-parameter, ...) get
     different names, and the same config always gets the same name.
@@ -229,6 +230,8 @@ def run_name(config: Mapping[str, Any]) -> str:
             parts.append(f"kl{_short_number(attack['kl_u'])}")
         if entry is not None and entry.variants:  # e.g. the worst-Q attack: name where it acts
             parts.append(_slug(attack.get("attack_at", "train")))
+        if attack.get("critic", "learner") != "learner":  # black-box TRAM (attack.critic), e.g. "surrogate"
+            parts.append(_slug(attack["critic"]))
     parts += [f"{_short_steps(steps)}steps", config_hash(config)]
     return "-".join(parts)
 
@@ -837,13 +840,13 @@ class Run:
     def method(self) -> str:
         """The attack method as the report keys it (:meth:`AttackMethod.series`): the method's
         name, or ``{name}_{attack_at}`` for a method with ``variants`` (``worst_q_test``,
-        ``worst_q_train``, ``worst_q_both``, as Fig. 1 compares them). A method that is not
+        ``worst_q_train``, ``worst_q_both``, as Fig. 1 compares them), with ``_surrogate``
+        appended for ``attack.critic = "surrogate"`` (``var_surrogate``). A method that is not
         in the table is returned as stored (the report then refuses it, naming it)."""
-        from tram.attacks.methods import ATTACK_METHODS
+        from tram.attacks.methods import series_key
 
         attack = self.config["attack"]
-        entry = ATTACK_METHODS.get(attack["method"])
-        return str(attack["method"]) if entry is None else entry.series(attack.get("attack_at", "train"))
+        return series_key(str(attack["method"]), attack.get("attack_at", "train"), attack.get("critic", "learner"))
 
     @property
     def f_a(self) -> float | None:

@@ -8,6 +8,7 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
     methods: [none, var, jbased, random]   # default: none and the paper's methods with a KL budget
     f_a: [1.0]                  # default [1.0]; ignored for method none
     kl_u: [6.0]                 # default [6.0]; ignored for methods without a KL budget
+    critics: [learner, surrogate]   # default [learner]; attack.critic, for var and jbased (others: learner)
     seeds: 5                    # a count (seeds 0..4) or a list of seeds
     steps: 2e6
     eval_interval: 10000
@@ -17,7 +18,9 @@ A sweep file (YAML) holds these keys (lists may be scalars)::
 
 Methods are the names of :data:`tram.attacks.methods.ATTACK_METHODS`. A clean cell (method
 ``none``) does not depend on f_A or KL_U, so the grid holds it once per (env, learner); a
-method without a KL budget (``worst_q``) holds KL_U at its default, once per f_A. Unset keys
+method without a KL budget (``worst_q``) holds KL_U at its default, once per f_A; ``critics``
+(``attack.critic``, black-box TRAM) applies to the methods of
+:data:`tram.attacks.methods.SURROGATE_METHODS`, the others keep the learner's critic. Unset keys
 take the config defaults (:func:`tram.config.build_train_config` builds every cell). Finished cells are skipped (the run store knows them), a failing cell
 is reported and the sweep goes on, and the failures are listed at the end.
 
@@ -40,7 +43,7 @@ from typing import Any, Callable
 
 import yaml
 
-from tram.attacks.methods import ATTACK_METHODS, CLEAN, attack_method
+from tram.attacks.methods import ATTACK_METHODS, CLEAN, CRITICS, SURROGATE_METHODS, attack_method
 from tram.attacks.perturb import AttackConfig
 from tram.config import ConfigError, RunConfig, TrainConfig, build_train_config, parse_seeds, real_number, whole_number
 
@@ -50,6 +53,8 @@ SWEEP_KEYS = {
     "methods": f"list of attack methods: {', '.join(ATTACK_METHODS)}",
     "f_a": "list of attack frequencies in [0, 1]",
     "kl_u": "list of KL budgets >= 0",
+    "critics": f"list of attack.critic values: {', '.join(CRITICS)} (surrogate applies to "
+               f"{', '.join(SURROGATE_METHODS)}; other methods keep the learner's critic)",
     "seeds": "a seed count or a list of seeds",
     "steps": "env steps per seed, e.g. 2e6",
     "eval_interval": "env steps between evaluations",
@@ -111,6 +116,11 @@ def expand_grid(spec: dict[str, Any], sets: list[str] = ()) -> list[TrainConfig]
     methods = [str(x) for x in _as_list(spec.get("methods", list(default_methods())), "methods")]
     f_as = [_number(x, "f_a") for x in _as_list(spec.get("f_a", [attack_default.f_a]), "f_a")]
     kl_us = [_number(x, "kl_u") for x in _as_list(spec.get("kl_u", [attack_default.kl_u]), "kl_u")]
+    critics = [str(x) for x in _as_list(spec.get("critics", [attack_default.critic]), "critics")]
+    for c in critics:
+        if c not in CRITICS:
+            raise SweepError(f"sweep key 'critics': {c!r} is not accepted; accepted: {SWEEP_KEYS['critics']}",
+                             "critics")
     try:
         seeds = parse_seeds(spec.get("seeds", list(run_default.seeds)), "sweep key 'seeds'")
     except ConfigError as e:
@@ -130,8 +140,10 @@ def expand_grid(spec: dict[str, Any], sets: list[str] = ()) -> list[TrainConfig]
     configs: list[TrainConfig] = []
     seen = set()
     errors: list[str] = []
-    for env, learner, method, f_a, kl_u in itertools.product(envs, learners, methods, f_as, kl_us):
+    for env, learner, method, f_a, kl_u, critic in itertools.product(envs, learners, methods, f_as, kl_us, critics):
         agent = agent_spec.get(env, attack_default.agent) if isinstance(agent_spec, dict) else agent_spec
+        critic = critic if method in SURROGATE_METHODS else attack_default.critic
+        critic_set = [f"attack.critic={critic!r}"] if critic != attack_default.critic else []
         entry = ATTACK_METHODS.get(method)
         if method == CLEAN:  # a clean cell has no budget and no attacked agent (config.py refuses them)
             f_a, kl_u, agent = attack_default.f_a, attack_default.kl_u, attack_default.agent
@@ -139,7 +151,8 @@ def expand_grid(spec: dict[str, Any], sets: list[str] = ()) -> list[TrainConfig]
             kl_u = attack_default.kl_u
         try:
             cfg = build_train_config(env, learner, method, steps=steps, seeds=seeds, f_a=f_a, kl_u=kl_u, agent=agent,
-                                     eval_interval=eval_interval, test_episodes=test_episodes, sets=cell_sets)
+                                     eval_interval=eval_interval, test_episodes=test_episodes,
+                                     sets=critic_set + cell_sets)
         except ConfigError as e:  # every cell is checked before any runs; the first bad one is named
             errors.append(f"sweep cell (env={env}, learner={learner}, method={method}, f_a={f_a:g}, "
                           f"kl_u={kl_u:g}): {e}")
@@ -192,7 +205,8 @@ def _cell_label(cfg: TrainConfig) -> str:
         att = "clean"
     else:
         att = f"{a.method} fA={a.f_a:g}" + (f" KL={a.kl_u:g}" if entry.has_kl_budget else "") \
-            + (f" at {a.attack_at}" if entry.variants else "")
+            + (f" at {a.attack_at}" if entry.variants else "") \
+            + (f" critic={a.critic}" if a.critic != AttackConfig().critic else "")
     if a.method != CLEAN and a.attack_start:
         att += f" from step {a.attack_start:,}"
     return f"{cfg.env.name}/{cfg.learner.name}/{att}"

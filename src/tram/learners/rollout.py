@@ -12,8 +12,9 @@ The acting step, per environment and step ``t``:
    ``select_actions(key_act, logits, avail, epsilon)``, e.g. QMIX's epsilon-greedy);
 3. with an attack: the poisoned agent's logits are replaced by
    ``perturb(key_attack, ctx)``, where ``ctx`` (``tram.types.ActingContext``) holds its
-   logits, available actions, the critic's per-action values (from the learner's
-   ``q_fn``, which may read the teammates' clean actions), the actor parameters and
+   logits, available actions, the critic's per-action values (from the hook's ``q_fn``:
+   the learner's critic, which may read the teammates' clean actions, or the attacker's
+   recurrent surrogate critic, whose hidden state the rollout carries), the actor parameters and
    inputs and the previous actor gradient; then ``actions = sample(key_act, ...)`` with
    the SAME key, so the teammates' actions are the clean ones and an identity
    perturbation reproduces the clean run exactly;
@@ -62,7 +63,14 @@ class AttackHook(NamedTuple):
     direction). ``carry_history`` (static bool; ``AttackConfig.carries_history``): keep the
     poisoned agent's actor inputs of the episode (``[episode_limit + 1, I]`` per
     environment) and pass them as ``ActingContext.history_inputs`` / ``history_step`` (the
-    exact variance-based Gram). Both default to False (nothing extra is computed)."""
+    exact variance-based Gram). Both default to False (nothing extra is computed).
+
+    ``q_carry``: None (default) for a stateless ``q_fn`` (the learner's critic,
+    :data:`AttackQFn`), or the initial carry of ONE environment (a pytree, e.g. a zero
+    ``[H]`` hidden state) of a recurrent ``q_fn(state, obs, clean_actions, last_actions,
+    carry) -> (q [A], mix_weight [], carry')`` (the attacker's surrogate critic,
+    :func:`tram.attacks.surrogate.surrogate_q_fn`); the rollout starts every episode from
+    it and advances it once per acting step."""
 
     perturb: PolicyPerturbation
     agent: int
@@ -71,6 +79,22 @@ class AttackHook(NamedTuple):
     has_prev_grad: jax.Array
     carry_hidden_tangent: bool = False
     carry_history: bool = False
+    q_carry: Any = None
+
+
+def _q_carry0(attack: "AttackHook | None", batch: int):
+    """The recurrent ``q_fn``'s carry for ``batch`` environments (leaves ``[B, ...]``), or None."""
+    if attack is None or attack.q_carry is None:
+        return None
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + jnp.shape(x)), attack.q_carry)
+
+
+def _attack_q(attack: "AttackHook", q_carry, state, obs, clean_actions, last):
+    """``(q [B, A], mix [B], q_carry')`` of the hook's ``q_fn`` over environments."""
+    if attack.q_carry is None:
+        q, mix = jax.vmap(attack.q_fn)(state, obs, clean_actions, last)
+        return q, mix, q_carry
+    return jax.vmap(attack.q_fn)(state, obs, clean_actions, last, q_carry)
 
 
 def _recurrent_carry0(attack: "AttackHook | None", batch: int, hidden: int, limit: int, input_dim: int):
@@ -220,6 +244,7 @@ def collect_episodes(
         h_dot: Any  # [B, H] or None (AttackHook.carry_hidden_tangent)
         hist: Any  # [B, limit + 1, I] or None (AttackHook.carry_history)
         mon: Any  # MonitorAcc or None (monitor_policy)
+        q_carry: Any  # leaves [B, ...] or None (AttackHook.q_carry)
 
     def cond(c: Carry):
         return (c.t <= limit) & jnp.any(c.active | c.pending)
@@ -231,10 +256,10 @@ def collect_episodes(
         actions = select(k_act, logits, c.ts.avail, epsilon)
         attack_sum, attack_steps, single_steps, kl_max = c.attack_sum, c.attack_steps, c.single_steps, c.kl_max
         sample = c.sample
-        h_dot, hist = c.h_dot, c.hist
+        h_dot, hist, q_carry = c.h_dot, c.hist, c.q_carry
         if attack is not None:
             k = attack.agent
-            q, mix = jax.vmap(attack.q_fn)(c.ts.state, c.ts.obs, actions, c.last)
+            q, mix, q_carry = _attack_q(attack, c.q_carry, c.ts.state, c.ts.obs, actions, c.last)
             extras, h_dot, hist = _recurrent_extras(attack, actor, actor_params, c.h_dot, c.hist, c.t, c.h[:, k],
                                                     x[:, k], limit)
 
@@ -304,6 +329,7 @@ def collect_episodes(
             last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
             pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
             single_steps=single_steps, kl_max=kl_max, sample=sample, h_dot=h_dot, hist=hist, mon=mon,
+            q_carry=q_carry,
         )
 
     c0 = Carry(
@@ -313,6 +339,7 @@ def collect_episodes(
         attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
         sample=empty_sample(a), h_dot=h_dot0, hist=hist0,
         mon=None if monitor_policy is None else MonitorAcc.zeros(num_envs, n, limit),
+        q_carry=_q_carry0(attack, num_envs),
     )
     c = jax.lax.while_loop(cond, body, c0)
     stats = RolloutStats(
@@ -338,12 +365,13 @@ class EvalStats(NamedTuple):
 
 def _perturbed_greedy_logits(attack: AttackHook, actor: RNNActor, actor_params: Any, key: jax.Array,
                              logits: jax.Array, ts, last: jax.Array, h: jax.Array, x: jax.Array,
-                             extras: dict | None = None) -> jax.Array:
-    """``logits [B, N, A]`` with the poisoned agent's row replaced by ``attack.perturb``
-    (epsilon 0; ``q_fn`` sees the teammates' clean greedy actions; ``extras`` the
-    recurrent-gradient fields of :func:`_recurrent_extras`); statistics dropped."""
+                             extras: dict | None = None, q_carry=None) -> tuple[jax.Array, Any]:
+    """``(logits [B, N, A], q_carry')``: the logits with the poisoned agent's row replaced by
+    ``attack.perturb`` (epsilon 0; ``q_fn`` sees the teammates' clean greedy actions;
+    ``extras`` the recurrent-gradient fields of :func:`_recurrent_extras`; ``q_carry`` the
+    recurrent ``q_fn``'s carry, None for a stateless one); statistics dropped."""
     k = attack.agent
-    q, mix = jax.vmap(attack.q_fn)(ts.state, ts.obs, greedy_actions(logits, ts.avail), last)
+    q, mix, q_carry = _attack_q(attack, q_carry, ts.state, ts.obs, greedy_actions(logits, ts.avail), last)
     extras = extras or {}
 
     def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b, extras_b):
@@ -356,7 +384,7 @@ def _perturbed_greedy_logits(attack: AttackHook, actor: RNNActor, actor_params: 
 
     new_k = jax.vmap(one_env)(jax.random.split(key, logits.shape[0]), logits[:, k], ts.avail[:, k], q, mix,
                               h[:, k], x[:, k], extras)
-    return logits.at[:, k].set(new_k)
+    return logits.at[:, k].set(new_k), q_carry
 
 
 def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.Array,
@@ -375,26 +403,27 @@ def evaluate_greedy(env: TramEnv, actor: RNNActor, actor_params: Any, key: jax.A
         return (c[0] < limit) & jnp.any(c[5])
 
     def body(c):
-        t, key, env_state, ts, h, active, last, ret, won, h_dot, hist = c
+        t, key, env_state, ts, h, active, last, ret, won, h_dot, hist, q_carry = c
         key, k_env = jax.random.split(key)
         x = actor_inputs(ts.obs, last, a)
         logits, h_new = actor.apply(actor_params, h, x)
         if attack is not None:
             extras, h_dot, hist = _recurrent_extras(attack, actor, actor_params, h_dot, hist, t,
                                                     h[:, attack.agent], x[:, attack.agent], limit)
-            logits = _perturbed_greedy_logits(attack, actor, actor_params, jax.random.fold_in(k_env, 1), logits,
-                                              ts, last, h, x, extras)
+            logits, q_carry = _perturbed_greedy_logits(attack, actor, actor_params, jax.random.fold_in(k_env, 1),
+                                                       logits, ts, last, h, x, extras, q_carry)
         h = h_new
         actions = jnp.where(active[:, None], greedy_actions(logits, ts.avail), 0)
         env_state, ts = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_episodes), env_state, actions)
         ret = ret + jnp.where(active, ts.reward, 0.0)
         won = jnp.where(active, jnp.maximum(won, ts.won.astype(jnp.float32)), won)
         last = jnp.where(active[:, None], actions, last)
-        return (t + 1, key, env_state, ts, h, active & ~ts.done, last, ret, won, h_dot, hist)
+        return (t + 1, key, env_state, ts, h, active & ~ts.done, last, ret, won, h_dot, hist, q_carry)
 
     c0 = (jnp.int32(0), key, env_state, ts, jnp.zeros((num_episodes, n, actor.hidden)),
           jnp.ones((num_episodes,), bool), jnp.full((num_episodes, n), -1, jnp.int32),
           jnp.zeros((num_episodes,)), jnp.zeros((num_episodes,)),
-          *_recurrent_carry0(attack, num_episodes, actor.hidden, limit, spec.obs_dim + a + n))
+          *_recurrent_carry0(attack, num_episodes, actor.hidden, limit, spec.obs_dim + a + n),
+          _q_carry0(attack, num_episodes))
     c = jax.lax.while_loop(cond, body, c0)
     return EvalStats(episode_return=c[7], won=c[8])
