@@ -437,8 +437,9 @@ def sweep(
     check_out_dir(out, create=not dry_run)
     if dry_run:
         for c in configs:
-            typer.echo(f"{c.env.name} {c.learner.name} {c.attack.method} f_a={c.attack.f_a:g} kl_u={c.attack.kl_u:g} "
-                       f"seeds={len(c.run.seeds)} steps={c.run.steps:,}")
+            critic = f" critic={c.attack.critic}" if c.attack.critic != "learner" else ""
+            typer.echo(f"{c.env.name} {c.learner.name} {c.attack.method} f_a={c.attack.f_a:g} kl_u={c.attack.kl_u:g}"
+                       f"{critic} seeds={len(c.run.seeds)} steps={c.run.steps:,}")
         return
     failures = _run_sweep_cli(configs, out, backend, address, every)
     raise typer.Exit(code=1 if failures else 0)
