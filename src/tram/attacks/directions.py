@@ -476,6 +476,28 @@ def _require(value: Any, option: str, field: str) -> Any:
     return value
 
 
+def _context_gram(ctx: ActingContext, actor_logits_fn: ActorLogitsFn, exact: bool) -> jax.Array:
+    """``K = J_l J_l^T`` ``[A, A]`` at the acting step: one-step (:func:`logit_gram`) or through
+    the episode's history (:func:`history_gram`, ``attack.var_gram = "exact"``)."""
+    if exact:
+        inputs = _require(ctx.history_inputs, "attack.var_gram='exact'", "history_inputs")
+        step = _require(ctx.history_step, "attack.var_gram='exact'", "history_step")
+        return history_gram(actor_step_of(actor_logits_fn), ctx.actor_params, jnp.zeros_like(ctx.actor_hidden),
+                            inputs, step)
+    return logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
+
+
+def _context_jvp(ctx: ActingContext, actor_logits_fn: ActorLogitsFn, exact: bool) -> jax.Array:
+    """``v = J_l g_prev`` ``[A]`` at the acting step: one-step (:func:`logit_jvp`) or through the
+    history with the carried tangent (:func:`logit_jvp_through_history`,
+    ``attack.recurrent_grad = "exact"``)."""
+    if exact:
+        h_dot = _require(ctx.hidden_tangent, "attack.recurrent_grad='exact'", "hidden_tangent")
+        return logit_jvp_through_history(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
+                                         ctx.prev_actor_grad, h_dot)
+    return logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
+
+
 def variance_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorLogitsFn,
                        exact_history: bool = False) -> tuple[jax.Array, jax.Array]:
     """Variance-based direction (Sec. 3.2): ascend ``tr(R)`` of Eq. 6.
@@ -499,13 +521,7 @@ def variance_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: Acto
     avail = ctx.avail.astype(bool)
     pi = masked_softmax(ctx.logits, avail)
     adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
-    if exact_history:
-        inputs = _require(ctx.history_inputs, "attack.var_gram='exact'", "history_inputs")
-        step = _require(ctx.history_step, "attack.var_gram='exact'", "history_step")
-        gram = history_gram(actor_step_of(actor_logits_fn), ctx.actor_params, jnp.zeros_like(ctx.actor_hidden),
-                            inputs, step)
-    else:
-        gram = logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
+    gram = _context_gram(ctx, actor_logits_fn, exact_history)
     raw = softmax_weight_gradient(pi, variance_weights(pi, adv, gram, avail))
     return normalize_direction(key, raw, avail)
 
@@ -536,12 +552,7 @@ def jbased_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: ActorL
     avail = ctx.avail.astype(bool)
     pi = masked_softmax(ctx.logits, avail)
     adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
-    if exact_history:
-        h_dot = _require(ctx.hidden_tangent, "attack.recurrent_grad='exact'", "hidden_tangent")
-        v = logit_jvp_through_history(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
-                                      ctx.prev_actor_grad, h_dot)
-    else:
-        v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
+    v = _context_jvp(ctx, actor_logits_fn, exact_history)
     raw = -softmax_weight_gradient(pi, jbased_weights(pi, adv, v, avail))
     return normalize_direction(key, raw, avail, force_fallback=~jnp.asarray(ctx.has_prev_grad, bool))
 
@@ -606,19 +617,8 @@ def combined_direction(key: jax.Array, ctx: ActingContext, actor_logits_fn: Acto
     avail = ctx.avail.astype(bool)
     pi = masked_softmax(ctx.logits, avail)
     adv = attacker_advantage(pi, ctx.q_values, ctx.mix_weight, avail)
-    if exact_gram:
-        inputs = _require(ctx.history_inputs, "attack.var_gram='exact'", "history_inputs")
-        step = _require(ctx.history_step, "attack.var_gram='exact'", "history_step")
-        gram = history_gram(actor_step_of(actor_logits_fn), ctx.actor_params, jnp.zeros_like(ctx.actor_hidden),
-                            inputs, step)
-    else:
-        gram = logit_gram(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input)
-    if exact_jvp:
-        h_dot = _require(ctx.hidden_tangent, "attack.recurrent_grad='exact'", "hidden_tangent")
-        v = logit_jvp_through_history(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input,
-                                      ctx.prev_actor_grad, h_dot)
-    else:
-        v = logit_jvp(actor_logits_fn, ctx.actor_params, ctx.actor_hidden, ctx.actor_input, ctx.prev_actor_grad)
+    gram = _context_gram(ctx, actor_logits_fn, exact_gram)
+    v = _context_jvp(ctx, actor_logits_fn, exact_jvp)
     v = jnp.where(jnp.asarray(ctx.has_prev_grad, bool), v, 0.0)
     raw = softmax_weight_gradient(pi, combined_weights(pi, adv, gram, v, avail))
     return normalize_direction(key, raw, avail)
