@@ -24,17 +24,17 @@ seed's length, giving up the batching of the seeds' matmuls. The numbers per see
 same in both modes up to float rounding (a batched matmul may sum in another order;
 tests/test_seed_modes.py).
 
-A learner module (``tram.learners.dop``, ``tram.learners.coma``) provides ``init_state``,
-``store_episodes``, ``ready_to_train``, ``train_step``, ``attack_q_fn`` and
-``buffer_bytes``; its state has ``actor_params``, ``critic_params``, ``prev_actor_grad``
-and ``has_prev_grad``. Optionally (QMIX): ``select_actions`` (its acting rule, default the
-floored softmax), and ``WORST_Q_SOURCE``
-(where the ``worst_q`` attack reads individual Q-values, default the critic).
+The learner is a :class:`tram.types.Learner` record (``LEARNER`` of ``tram.learners.dop``,
+``coma``, ``qmix``; registered in :data:`tram.learners.LEARNERS`): its config class, nets,
+state, buffer and update functions, its acting rule (default the floored softmax), its
+policy-gradient access (``None`` for QMIX) and where the ``worst_q`` attack reads Q-values.
+``make_train`` reads only the record; the named pieces it composes (:func:`learner_update`,
+:func:`make_attack_hook`, :func:`accumulate_window`, :func:`window_metrics`,
+:func:`window_targets`) are module-level functions with their own tests.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -45,10 +45,13 @@ from tram.attacks.budget import stealth_averages
 from tram.config import SEED_MODES
 from tram.envs import make_env
 from tram.envs.base import TramEnv
+from tram.learners import learner_record
 from tram.learners.actor import epsilon_at
 from tram.learners.episodes import EpisodeBuffer
-from tram.learners.rollout import AttackHook, AttackSample, collect_episodes, empty_sample, evaluate_greedy
-from tram.types import AttackStepStats
+from tram.learners.rollout import (
+    AttackHook, AttackSample, EvalStats, RolloutStats, collect_episodes, empty_sample, evaluate_greedy,
+)
+from tram.types import AttackStepStats, Learner
 
 ATTACK_FIELDS = ("stealth_loglik", "stealth_loglik_alive", "kl_mean", "kl_max", "beta_mean", "saturated_frac",
                  "fallback_frac", "attacked_frac", "pmax_before", "pmax_after")
@@ -112,8 +115,15 @@ class WindowMetrics(NamedTuple):
 WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots", "critic_entries", "actor_entries")
 SAMPLES_PER_WINDOW = 4
 
+# WindowMetrics fields that are NaN in a window with no attack step (the attack ran, but the
+# poisoned agent never had two available actions); ``stealth_loglik`` and ``fallback_frac``
+# have their own rules (see :func:`window_metrics`).
+NAN_WITHOUT_ATTACK_STEPS = ("kl_mean", "kl_max", "beta_mean", "saturated_frac", "attacked_frac", "pmax_before",
+                            "pmax_after")
+
 
 def _zero_window(info_keys, num_actions: int) -> WindowAcc:
+    """An empty :class:`WindowAcc`: every sum 0, no Fig. 4 sample (``[M, A]`` zeros, invalid)."""
     z = jnp.float32(0.0)
     samples = jax.tree.map(lambda x: jnp.stack([x] * SAMPLES_PER_WINDOW), empty_sample(num_actions))
     return WindowAcc(episodes=z, train_return=z, attack=AttackStepStats.zeros(),
@@ -121,9 +131,141 @@ def _zero_window(info_keys, num_actions: int) -> WindowAcc:
                      samples=samples, sample_pos=jnp.int32(0))
 
 
-def learner_module(name: str):
-    """The module implementing learner ``name`` (``tram.learners.<name>``)."""
-    return importlib.import_module(f"tram.learners.{name}")
+def accumulate_window(w: WindowAcc, rs: RolloutStats, num_envs: int, ready: jax.Array, info: dict) -> WindowAcc:
+    """``w`` plus one training iteration: its rollout's :class:`RolloutStats` ``rs`` (of
+    ``num_envs`` episodes), whether the learner updated (``ready``, ``[]`` bool) and the
+    update's ``info`` (``[]`` float32 per key of ``w.info``; zeros when it did not update).
+
+    Sums add, ``kl_max`` is the running maximum, and a valid Fig. 4 sample of the rollout is
+    written into the ring ``w.samples`` at ``w.sample_pos``, which then advances (mod
+    :data:`SAMPLES_PER_WINDOW`), so the ring holds the window's last valid samples.
+    Returns the new :class:`WindowAcc` (every leaf as in ``w``)."""
+    return WindowAcc(
+        episodes=w.episodes + num_envs,
+        train_return=w.train_return + jnp.sum(rs.episode_return),
+        attack=jax.tree.map(jnp.add, w.attack, rs.attack),
+        attack_steps=w.attack_steps + rs.attack_steps,
+        single_steps=w.single_steps + rs.attack_single_action_steps,
+        kl_max=jnp.maximum(w.kl_max, rs.attack_kl_max),
+        updates=w.updates + ready.astype(jnp.float32),
+        info={k: w.info[k] + info[k] for k in w.info},
+        samples=jax.tree.map(
+            lambda ring, new: jnp.where(rs.sample.valid, ring.at[w.sample_pos].set(new), ring),
+            w.samples, rs.sample),
+        sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
+    )
+
+
+def window_metrics(w: WindowAcc, env_steps: jax.Array, ev: EvalStats, train_attack: bool) -> WindowMetrics:
+    """The :class:`WindowMetrics` of one evaluation window (one seed, ``[]`` scalars) from its
+    sums ``w``, the env steps taken so far and the greedy evaluation ``ev`` (``[E]`` arrays).
+
+    The rules (``train_attack``: the run attacks during training):
+
+    * ``train_return``: mean return of the window's training episodes; NaN without episodes.
+      ``critic_loss`` / ``actor_loss``: means over the window's updates; NaN without updates.
+    * without ``train_attack`` every attack column is NaN;
+    * ``stealth_loglik``: Eq. 3 averaged over every step of the poisoned agent (single-action
+      steps count with their exact value 0), ``stealth_loglik_alive`` over its steps with at
+      least two available actions (:func:`tram.attacks.budget.stealth_averages`; each NaN
+      when its denominator is 0);
+    * ``kl_mean``, ``saturated_frac``, ``attacked_frac``, ``pmax_*``: means over the steps
+      with at least two available actions (``w.attack_steps``); ``kl_max`` their maximum;
+      these and ``beta_mean`` are NaN when the window had no such step
+      (:data:`NAN_WITHOUT_ATTACK_STEPS`);
+    * ``beta_mean``: mean beta over the NON-saturated steps only (``w.attack.beta`` sums beta
+      over those; a saturated search returns ``2^BSN1``); NaN when every step saturated;
+    * ``fallback_frac``: (fallback steps + single-action steps) / (all of the agent's
+      steps): a step with one available action admits no perturbation; NaN without steps.
+    * ``updates``: the window's learner updates; ``work``: the ``info`` sums of
+      :data:`WORK_KEYS`; ``samples``: the window's Fig. 4 ring.
+    """
+    nan = jnp.float32(jnp.nan)
+    steps = jnp.maximum(w.attack_steps, 1.0)
+    all_steps = jnp.maximum(w.attack_steps + w.single_steps, 1.0)
+
+    def att(v):
+        return v if train_attack else nan
+
+    a = w.attack
+    stealth_every, stealth_alive = stealth_averages(a.stealth_loglik, w.attack_steps, w.single_steps)
+    metrics = WindowMetrics(
+        env_steps=env_steps,
+        test_return=jnp.mean(ev.episode_return),
+        test_won=jnp.mean(ev.won),
+        train_return=jnp.where(w.episodes > 0, w.train_return / jnp.maximum(w.episodes, 1.0), nan),
+        critic_loss=jnp.where(w.updates > 0, w.info["critic_loss"] / jnp.maximum(w.updates, 1.0), nan),
+        actor_loss=jnp.where(w.updates > 0, w.info["actor_loss"] / jnp.maximum(w.updates, 1.0), nan),
+        stealth_loglik=att(stealth_every),
+        stealth_loglik_alive=att(stealth_alive),
+        kl_mean=att(a.kl / steps),
+        kl_max=att(w.kl_max),
+        beta_mean=att(jnp.where(w.attack_steps > a.saturated,
+                                a.beta / jnp.maximum(w.attack_steps - a.saturated, 1.0), nan)),
+        saturated_frac=att(a.saturated / steps),
+        fallback_frac=att((a.fallback + w.single_steps) / all_steps),
+        attacked_frac=att(a.attacked / steps),
+        pmax_before=att(a.pmax_before / steps),
+        pmax_after=att(a.pmax_after / steps),
+        updates=w.updates,
+        work={k: w.info[k] for k in sorted(w.info) if k in WORK_KEYS},
+        samples=w.samples,
+    )
+    if not train_attack:
+        return metrics
+    has_steps = w.attack_steps > 0
+    metrics = metrics._replace(**{f: jnp.where(has_steps, getattr(metrics, f), nan)
+                                  for f in NAN_WITHOUT_ATTACK_STEPS})
+    return metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0, metrics.fallback_frac,
+                                                    nan))
+
+
+def learner_update(learner: Learner, cfg, nets, ls, key: jax.Array, epsilon: jax.Array, info_keys: tuple[str, ...]):
+    """One learner update of state ``ls`` if ``learner.ready_to_train``, else ``ls`` unchanged.
+
+    The state's :class:`EpisodeBuffer` fields stay out of the conditional: under vmap a
+    ``cond`` becomes a select over its operands, which would copy the (read-only) buffers
+    every iteration.
+
+    Returns:
+        ``(ls, info, ready)``: the new state, ``info`` (``[]`` float32 per key of
+        ``info_keys``; zeros without an update) and ``ready`` (``[]`` bool).
+    """
+    zero_info = {k: jnp.float32(0.0) for k in info_keys}
+    ready = learner.ready_to_train(cfg, ls)
+    buffers = {f: getattr(ls, f) for f in ls._fields if isinstance(getattr(ls, f), EpisodeBuffer)}
+    no_buffers = {f: None for f in buffers}
+
+    def train(small):
+        new, info = learner.train_step(cfg, nets, small._replace(**buffers), key, epsilon)
+        return new._replace(**no_buffers), info
+
+    small, info = jax.lax.cond(ready, train, lambda s: (s, zero_info), ls._replace(**no_buffers))
+    return small._replace(**buffers), info, ready
+
+
+def make_attack_hook(learner: Learner, nets, attack_cfg, perturb, agent: int, ls, env_steps) -> AttackHook:
+    """The rollout's :class:`AttackHook` on the poisoned agent ``agent`` for learner state ``ls``
+    after ``env_steps`` env steps: ``perturb`` gated to the identity before
+    ``attack_cfg.attack_start``, the learner's ``attack_q_fn`` on its current critic, and its
+    policy gradient (``learner.policy_gradient``; ``None`` / False for a learner without one,
+    whose accepted methods do not read it)."""
+    from tram.attacks.deploy import gate_perturbation
+
+    p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(perturb, env_steps >= attack_cfg.attack_start)
+    grad, has_grad = (None, jnp.bool_(False)) if learner.policy_gradient is None else learner.policy_gradient(ls)
+    return AttackHook(perturb=p, agent=agent, q_fn=learner.attack_q_fn(nets, ls.critic_params, agent),
+                      prev_actor_grad=grad, has_prev_grad=has_grad,
+                      carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
+                      carry_history=attack_cfg.carries_history)
+
+
+def window_targets(run_cfg) -> tuple[int, ...]:
+    """The env steps of the evaluations of ``run_cfg`` (a :class:`tram.config.RunConfig`):
+    ``0, eval_interval, 2 eval_interval, ...`` and last exactly ``steps`` (a shorter last
+    window when ``eval_interval`` does not divide it): never train past what was asked.
+    ``num_windows`` values."""
+    return tuple(min(i * run_cfg.eval_interval, run_cfg.steps) for i in range(run_cfg.num_windows))
 
 
 def resolve_attacked_agent(agent, env: TramEnv) -> int:
@@ -147,6 +289,23 @@ def resolve_attacked_agent(agent, env: TramEnv) -> int:
     return idx
 
 
+def check_learner_state(learner: Learner, state_shape) -> None:
+    """Checks that ``init_state``'s state (``state_shape``, e.g. from ``jax.eval_shape``) is a
+    NamedTuple with the fields the program reads (``actor_params``, ``critic_params``).
+
+    Raises:
+        TypeError: one line naming the learner and the missing field.
+    """
+    fields = getattr(state_shape, "_fields", None)
+    if fields is None:
+        raise TypeError(f"Learner {learner.name!r}: init_state must return (nets, state) with state a NamedTuple, "
+                        f"got {type(state_shape).__name__}")
+    for f in ("actor_params", "critic_params"):
+        if f not in fields:
+            raise TypeError(f"Learner {learner.name!r}: its state has no field {f!r} (the training program reads "
+                            f"actor_params and critic_params; fields: {', '.join(fields)})")
+
+
 @dataclass(frozen=True)
 class TrainProgram:
     """The pure pieces of one run configuration (see the module docstring)."""
@@ -154,51 +313,61 @@ class TrainProgram:
     env: TramEnv
     attacked_agent: int | None
     init: Callable
+    """``key [2] -> TrainState``: the fresh state of one seed."""
     iteration: Callable
     """``TrainState -> TrainState``: one training iteration of one seed (for profiling)."""
     run_window: Callable
+    """``(TrainState, until_env_steps []) -> (TrainState, WindowMetrics)``: one evaluation window of one seed."""
     train: Callable
+    """``key [2] -> (TrainState, WindowMetrics [W])``: the whole run of one seed."""
     window_targets: tuple[int, ...]
     buffer_bytes_per_seed: int
 
 
-def make_train(config) -> TrainProgram:
-    """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`)."""
-    from tram.attacks.deploy import gate_perturbation
+def make_train(config, learner: Learner | None = None) -> TrainProgram:
+    """Builds the training program of ``config`` (a :class:`tram.config.TrainConfig`).
+
+    Args:
+        learner: the :class:`tram.types.Learner` record to train; default the one registered
+            under ``config.learner.name`` in :data:`tram.learners.LEARNERS`.
+
+    Returns:
+        The :class:`TrainProgram` (pure, uncompiled pieces for one seed).
+
+    Raises:
+        ValueError: the attack method needs a policy gradient and the learner has none, or
+            ``attack.agent`` does not resolve (:func:`resolve_attacked_agent`).
+        TypeError: the learner's state lacks a field the program reads (:func:`check_learner_state`).
+    """
     from tram.attacks.perturb import make_perturbation
 
     cfg = config.learner
+    learner = learner_record(cfg.name) if learner is None else learner
     env = make_env(config.env.name, **config.env.options_dict)
-    mod = learner_module(cfg.name)
     attack_cfg = config.attack
     attacking = attack_cfg.method != "none"
+    if attacking and attack_cfg.method_spec.needs_policy_gradient and learner.policy_gradient is None:
+        raise ValueError(f"attack.method: {attack_cfg.method!r} needs a policy gradient, which learner "
+                         f"{learner.name!r} does not provide (its record's policy_gradient is None)")
     agent = resolve_attacked_agent(attack_cfg.agent, env) if attacking else None
-    perturb = None
-    if attacking:
-        # which learners accept which method is checked by TrainConfig, from tram.attacks.methods
-        perturb = make_perturbation(attack_cfg, getattr(mod, "WORST_Q_SOURCE", "critic"))
+    # which learners accept which method is checked by TrainConfig, from tram.attacks.methods
+    perturb = make_perturbation(attack_cfg, learner.worst_q_source) if attacking else None
     train_attack = attacking and attack_cfg.attack_at in ("train", "both")
     test_attack = attacking and attack_cfg.attack_at in ("test", "both")
-    select_actions = getattr(mod, "select_actions", None)
     storage = jnp.float16 if getattr(cfg, "storage_dtype", "float32") == "float16" else jnp.float32
 
-    nets = mod.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
-    ls_shape = jax.eval_shape(lambda k: mod.init_state(cfg, env.spec, k)[1], jax.random.PRNGKey(0))
-    info_shape = jax.eval_shape(lambda s: mod.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
+    nets = learner.make_nets(cfg, env.spec.num_agents, env.spec.num_actions)
+    ls_shape = jax.eval_shape(lambda k: learner.init_state(cfg, env.spec, k)[1], jax.random.PRNGKey(0))
+    check_learner_state(learner, ls_shape)
+    info_shape = jax.eval_shape(lambda s: learner.train_step(cfg, nets, s, jax.random.PRNGKey(0), 0.1)[1], ls_shape)
     info_keys = tuple(sorted(info_shape))
 
-    def attack_hook(ls, env_steps) -> AttackHook:
-        """The attack on the poisoned agent, the identity before ``attack.attack_start``."""
-        p = perturb if attack_cfg.attack_start == 0 else gate_perturbation(
-            perturb, env_steps >= attack_cfg.attack_start)
-        return AttackHook(perturb=p, agent=agent, q_fn=mod.attack_q_fn(nets, ls.critic_params, agent),
-                          prev_actor_grad=ls.prev_actor_grad, has_prev_grad=ls.has_prev_grad,
-                          carry_hidden_tangent=attack_cfg.carries_hidden_tangent,
-                          carry_history=attack_cfg.carries_history)
+    def hook(ls, env_steps) -> AttackHook:
+        return make_attack_hook(learner, nets, attack_cfg, perturb, agent, ls, env_steps)
 
     def init(key: jax.Array) -> TrainState:
         k_init, k_run = jax.random.split(key)
-        _, ls = mod.init_state(cfg, env.spec, k_init)
+        _, ls = learner.init_state(cfg, env.spec, k_init)
         return TrainState(learner=ls, key=k_run, env_steps=jnp.int32(0),
                           window=_zero_window(info_keys, env.spec.num_actions))
 
@@ -206,97 +375,31 @@ def make_train(config) -> TrainProgram:
         key, k_roll, k_train = jax.random.split(state.key, 3)
         ls = state.learner
         eps = epsilon_at(state.env_steps, cfg.epsilon_start, cfg.epsilon_finish, cfg.epsilon_anneal_steps)
-        hook = attack_hook(ls, state.env_steps) if train_attack else None
-        episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs, hook, storage,
-                                        select_actions)
-        ls = mod.store_episodes(ls, episodes)
-        zero_info = {k: jnp.float32(0.0) for k in info_keys}
-        ready = mod.ready_to_train(cfg, ls)
-        # The episode buffers stay out of the conditional: under vmap a cond becomes a
-        # select over its operands, which would copy the (read-only) buffers every iteration.
-        buffers = {f: getattr(ls, f) for f in ls._fields if isinstance(getattr(ls, f), EpisodeBuffer)}
-        no_buffers = {f: None for f in buffers}
-
-        def train(small):
-            new, info = mod.train_step(cfg, nets, small._replace(**buffers), k_train, eps)
-            return new._replace(**no_buffers), info
-
-        small, info = jax.lax.cond(ready, train, lambda s: (s, zero_info), ls._replace(**no_buffers))
-        ls = small._replace(**buffers)
-        w = state.window
-        w = WindowAcc(
-            episodes=w.episodes + cfg.num_envs,
-            train_return=w.train_return + jnp.sum(rs.episode_return),
-            attack=jax.tree.map(jnp.add, w.attack, rs.attack),
-            attack_steps=w.attack_steps + rs.attack_steps,
-            single_steps=w.single_steps + rs.attack_single_action_steps,
-            kl_max=jnp.maximum(w.kl_max, rs.attack_kl_max),
-            updates=w.updates + ready.astype(jnp.float32),
-            info={k: w.info[k] + info[k] for k in info_keys},
-            samples=jax.tree.map(
-                lambda ring, new: jnp.where(rs.sample.valid, ring.at[w.sample_pos].set(new), ring),
-                w.samples, rs.sample),
-            sample_pos=jnp.where(rs.sample.valid, (w.sample_pos + 1) % SAMPLES_PER_WINDOW, w.sample_pos),
-        )
+        episodes, rs = collect_episodes(env, nets.actor, ls.actor_params, k_roll, eps, cfg.num_envs,
+                                        hook(ls, state.env_steps) if train_attack else None, storage,
+                                        learner.select_actions)
+        ls = learner.store_episodes(ls, episodes)
+        ls, info, ready = learner_update(learner, cfg, nets, ls, k_train, eps, info_keys)
+        w = accumulate_window(state.window, rs, cfg.num_envs, ready, info)
         return TrainState(learner=ls, key=key, env_steps=state.env_steps + jnp.sum(rs.length), window=w)
 
     def run_window(state: TrainState, until_env_steps) -> tuple[TrainState, WindowMetrics]:
         state = jax.lax.while_loop(lambda s: s.env_steps < until_env_steps, iteration, state)
         key, k_eval = jax.random.split(state.key)
         ev = evaluate_greedy(env, nets.actor, state.learner.actor_params, k_eval, config.run.test_episodes,
-                             attack_hook(state.learner, state.env_steps) if test_attack else None)
-        w = state.window
-        nan = jnp.float32(jnp.nan)
-        steps = jnp.maximum(w.attack_steps, 1.0)
-        all_steps = jnp.maximum(w.attack_steps + w.single_steps, 1.0)
+                             hook(state.learner, state.env_steps) if test_attack else None)
+        metrics = window_metrics(state.window, state.env_steps, ev, train_attack)
+        fresh = _zero_window(info_keys, env.spec.num_actions)
+        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=fresh), metrics
 
-        def att(v):
-            return v if train_attack else nan
-
-        a = w.attack
-        stealth_every, stealth_alive = stealth_averages(a.stealth_loglik, w.attack_steps, w.single_steps)
-        metrics = WindowMetrics(
-            env_steps=state.env_steps,
-            test_return=jnp.mean(ev.episode_return),
-            test_won=jnp.mean(ev.won),
-            train_return=jnp.where(w.episodes > 0, w.train_return / jnp.maximum(w.episodes, 1.0), nan),
-            critic_loss=jnp.where(w.updates > 0, w.info["critic_loss"] / jnp.maximum(w.updates, 1.0), nan),
-            actor_loss=jnp.where(w.updates > 0, w.info["actor_loss"] / jnp.maximum(w.updates, 1.0), nan),
-            stealth_loglik=att(stealth_every),
-            stealth_loglik_alive=att(stealth_alive),
-            kl_mean=att(a.kl / steps),
-            kl_max=att(w.kl_max),
-            beta_mean=att(jnp.where(w.attack_steps > a.saturated,
-                                    a.beta / jnp.maximum(w.attack_steps - a.saturated, 1.0), nan)),
-            saturated_frac=att(a.saturated / steps),
-            fallback_frac=att((a.fallback + w.single_steps) / all_steps),
-            attacked_frac=att(a.attacked / steps),
-            pmax_before=att(a.pmax_before / steps),
-            pmax_after=att(a.pmax_after / steps),
-            updates=w.updates,
-            work={k: w.info[k] for k in info_keys if k in WORK_KEYS},
-            samples=w.samples,
-        )
-        has_steps = w.attack_steps > 0
-        metrics = metrics._replace(**{
-            f: jnp.where(has_steps, getattr(metrics, f), nan) if train_attack else getattr(metrics, f)
-            for f in ("kl_mean", "kl_max", "beta_mean", "saturated_frac", "attacked_frac",
-                      "pmax_before", "pmax_after")})
-        if train_attack:
-            metrics = metrics._replace(fallback_frac=jnp.where(w.attack_steps + w.single_steps > 0,
-                                                               metrics.fallback_frac, nan))
-        return TrainState(learner=state.learner, key=key, env_steps=state.env_steps, window=_zero_window(info_keys, env.spec.num_actions)), metrics
-
-    # Evaluate at 0, eval_interval, 2 eval_interval, ... and last at exactly `steps` (a shorter
-    # last window when eval_interval does not divide it): never train past what was asked.
-    targets = tuple(min(i * config.run.eval_interval, config.run.steps) for i in range(config.run.num_windows))
+    targets = window_targets(config.run)
 
     def train(key: jax.Array) -> tuple[TrainState, WindowMetrics]:
         state = init(key)
         return jax.lax.scan(run_window, state, jnp.asarray(targets, jnp.int32))
 
-    return TrainProgram(env=env, attacked_agent=agent, init=init, iteration=iteration, run_window=run_window, train=train,
-                        window_targets=targets, buffer_bytes_per_seed=mod.buffer_bytes(cfg, env.spec))
+    return TrainProgram(env=env, attacked_agent=agent, init=init, iteration=iteration, run_window=run_window,
+                        train=train, window_targets=targets, buffer_bytes_per_seed=learner.buffer_bytes(cfg, env.spec))
 
 
 def over_seeds(program: TrainProgram, mode: str = "vmap") -> tuple[Callable, Callable]:

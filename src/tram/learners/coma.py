@@ -73,6 +73,7 @@ from tram.learners.episodes import (
 from tram.learners.policy_gradient import pg_loss_and_grad, take
 from tram.learners.targets import td_lambda_targets
 from tram.learners.timechunks import map_time
+from tram.types import Learner
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,12 @@ def attack_q_fn(nets: COMANets, critic_params, agent: int):
     return q_fn
 
 
+def policy_gradient(state: COMAState):
+    """``(grad, has_grad)``: the last actor update's policy gradient (pytree like
+    ``actor_params``, ascent direction of J; zeros before the first update) and ``[]`` bool."""
+    return state.prev_actor_grad, state.has_prev_grad
+
+
 def store_episodes(state: COMAState, episodes: Episodes) -> COMAState:
     return state._replace(on_buffer=buffer_add(state.on_buffer, episodes))
 
@@ -251,3 +258,11 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
             "critic_timesteps": n_steps, "target_slots": (length + 1).astype(jnp.float32),
             "actor_slots": length.astype(jnp.float32), "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(mask)}
     return new_state, info
+
+
+LEARNER = Learner(
+    name="coma", config=COMAConfig, make_nets=make_nets, init_state=init_state, store_episodes=store_episodes,
+    ready_to_train=ready_to_train, train_step=train_step, attack_q_fn=attack_q_fn, buffer_bytes=buffer_bytes,
+    policy_gradient=policy_gradient,
+)
+"""COMA's record for the training program (:class:`tram.types.Learner`)."""

@@ -98,6 +98,7 @@ from tram.learners.episodes import (
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
 from tram.learners.policy_gradient import pg_loss, pg_loss_and_grad, policy_over_episodes, take
 from tram.learners.timechunks import map_time
+from tram.types import Learner
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,12 @@ def attack_q_fn(nets: DOPNets, critic_params, agent: int):
     return q_fn
 
 
+def policy_gradient(state: DOPState):
+    """``(grad, has_grad)``: the last actor update's policy gradient (pytree like
+    ``actor_params``, ascent direction of J; zeros before the first update) and ``[]`` bool."""
+    return state.prev_actor_grad, state.has_prev_grad
+
+
 def store_episodes(state: DOPState, episodes: Episodes) -> DOPState:
     """Every episode goes into both buffers (reference ``run.py``)."""
     return state._replace(on_buffer=buffer_add(state.on_buffer, episodes),
@@ -465,3 +472,11 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
             "actor_slots": truncate_length(latest).astype(jnp.float32),
             "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(loss_mask(latest.filled, latest.terminated))}
     return new_state, info
+
+
+LEARNER = Learner(
+    name="dop", config=DOPConfig, make_nets=make_nets, init_state=init_state, store_episodes=store_episodes,
+    ready_to_train=ready_to_train, train_step=train_step, attack_q_fn=attack_q_fn, buffer_bytes=buffer_bytes,
+    policy_gradient=policy_gradient,
+)
+"""DOP's record for the training program (:class:`tram.types.Learner`)."""
