@@ -210,12 +210,6 @@ def _newest(buf: EpisodeBuffer, n: int) -> jax.Array:
     return ((buf.pos - n + jnp.arange(n, dtype=jnp.int32)) % buf.capacity).astype(jnp.int32)
 
 
-def buffer_latest(buf: EpisodeBuffer, n: int) -> Episodes:
-    """The ``n`` most recently inserted episodes (:func:`latest_indices` rule ``"latest"``),
-    newest last. ``Episodes`` with ``E = n`` in the storage dtype."""
-    return buffer_take(buf, _newest(buf, n))
-
-
 def truncate_length(episodes: Episodes) -> jax.Array:
     """``[]`` int32: the largest episode length in the batch (``max_t_filled``)."""
     return jnp.max(episodes.lengths)
