@@ -73,6 +73,9 @@ class WindowAcc(NamedTuple):
 
 
 class TrainState(NamedTuple):
+    """The carried state of one seed: the learner's state, the run's key, the env steps taken
+    (``[]`` int32) and the current window's sums."""
+
     learner: Any
     key: jax.Array
     env_steps: jax.Array

@@ -117,11 +117,14 @@ class COMAConfig:
 
 
 class COMANets(NamedTuple):
+    """COMA's networks: the shared recurrent ``actor`` and the centralised ``critic``."""
+
     actor: RNNActor
     critic: ComaCritic
 
 
 def make_nets(cfg: COMAConfig, num_agents: int, num_actions: int) -> COMANets:
+    """COMA's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return COMANets(actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
                     critic=ComaCritic(num_actions=num_actions, hidden=cfg.critic_hidden))
 
@@ -147,12 +150,14 @@ def _critic_in_dim(spec) -> int:
 
 
 def buffer_bytes(cfg: COMAConfig, spec) -> int:
+    """Bytes the on-policy episode buffer of one seed takes."""
     dt = jnp.float16 if cfg.storage_dtype == "float16" else jnp.float32
     return episodes_nbytes(cfg.buffer_size, spec.episode_limit, spec.num_agents, spec.obs_dim, spec.state_dim,
                            spec.num_actions, dt)
 
 
 def init_state(cfg: COMAConfig, spec, key) -> tuple[COMANets, COMAState]:
+    """Fresh networks (target critic = copy of the critic), optimisers and empty buffer for one seed."""
     nets = make_nets(cfg, spec.num_agents, spec.num_actions)
     k_a, k_c = jax.random.split(key)
     n, a = spec.num_agents, spec.num_actions
@@ -201,10 +206,12 @@ def policy_gradient(state: COMAState):
 
 
 def store_episodes(state: COMAState, episodes: Episodes) -> COMAState:
+    """Adds the collected episodes to the on-policy buffer."""
     return state._replace(on_buffer=buffer_add(state.on_buffer, episodes))
 
 
 def ready_to_train(cfg: COMAConfig, state: COMAState) -> jax.Array:
+    """``[]`` bool: the buffer holds at least ``batch_size`` episodes."""
     return state.on_buffer.count >= cfg.batch_size
 
 

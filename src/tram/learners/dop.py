@@ -210,12 +210,15 @@ def critic_inputs(state: jax.Array, obs: jax.Array) -> jax.Array:
 
 
 class DOPNets(NamedTuple):
+    """DOP's networks: the shared recurrent ``actor``, the per-agent ``critic`` and the ``mixer``."""
+
     actor: RNNActor
     critic: DOPCritic
     mixer: DOPMixer
 
 
 def make_nets(cfg: DOPConfig, num_agents: int, num_actions: int) -> DOPNets:
+    """DOP's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return DOPNets(
         actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
         critic=DOPCritic(num_actions=num_actions, hidden=cfg.critic_hidden),
@@ -425,6 +428,7 @@ def store_episodes(state: DOPState, episodes: Episodes) -> DOPState:
 
 
 def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
+    """``[]`` bool: both buffers hold a batch (``batch_size`` on-policy, ``off_batch_size`` off-policy)."""
     return (state.on_buffer.count >= cfg.batch_size) & (state.off_buffer.count >= cfg.off_batch_size)
 
 

@@ -128,6 +128,7 @@ class EpisodeBuffer(NamedTuple):
 
     @property
     def capacity(self) -> int:
+        """The number of episode slots."""
         return self.data.filled.shape[0]
 
 

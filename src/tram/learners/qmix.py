@@ -217,11 +217,14 @@ class QMixer(nn.Module):
 
 
 class QMIXNets(NamedTuple):
+    """QMIX's networks: the shared recurrent agent network (``actor``) and the ``mixer``."""
+
     actor: RNNActor  # the agent network; its "logits" are the individual Q-values
     mixer: QMixer
 
 
 def make_nets(cfg: QMIXConfig, num_agents: int, num_actions: int) -> QMIXNets:
+    """QMIX's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return QMIXNets(
         actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
         mixer=QMixer(num_agents=num_agents, embed=cfg.mixing_embed, hypernet_layers=cfg.hypernet_layers,
@@ -619,6 +622,7 @@ def store_episodes(state: QMIXState, episodes: Episodes) -> QMIXState:
 
 
 def ready_to_train(cfg: QMIXConfig, state: QMIXState) -> jax.Array:
+    """``[]`` bool: the replay buffer holds at least ``batch_size`` episodes."""
     return state.buffer.count >= cfg.batch_size
 
 
