@@ -35,24 +35,26 @@ import numpy as np
 from tram.attacks.directions import advance_hidden_tangent, jbased_direction, variance_direction
 from tram.attacks.perturb import AttackConfig
 from tram.config import EnvConfig, RunConfig, TrainConfig
-from tram.experiments.program import learner_module, make_train
+from tram.experiments.program import make_train
+from tram.learners import learner_record
 from tram.learners.actor import RNNActorLogits, actor_inputs, epsilon_at
 from tram.learners.dop import DOPConfig
 from tram.learners.rollout import collect_episodes
 from tram.types import ActingContext
 
 
-def directions_for_episode(nets, mod, ls, episodes, e, agent, num_actions):
+def directions_for_episode(nets, rec, ls, episodes, e, agent, num_actions):
     """All four directions ``[T, A]`` for agent ``agent`` along episode ``e`` (T = limit + 1 slots)."""
     actor = nets.actor
     fn = RNNActorLogits(actor)
-    params, g_prev = ls.actor_params, ls.prev_actor_grad
+    params = ls.actor_params
+    g_prev, has_grad = rec.policy_gradient(ls)
     obs, state, avail, actions = episodes.obs[e], episodes.state[e], episodes.avail[e], episodes.actions[e]
     t_slots = obs.shape[0]
     last = jnp.concatenate([jnp.full((1, actions.shape[-1]), -1, jnp.int32), actions[:-1]], axis=0)
     x_all = actor_inputs(obs.astype(jnp.float32), last, num_actions)  # [T, N, I]
     xs = x_all[:, agent]
-    q_fn = mod.attack_q_fn(nets, ls.critic_params, agent)
+    q_fn = rec.attack_q_fn(nets, ls.critic_params, agent)
 
     def scan_step(carry, x):
         h, h_dot = carry
@@ -67,7 +69,7 @@ def directions_for_episode(nets, mod, ls, episodes, e, agent, num_actions):
         logits = fn(params, h, x)
         q, mix = q_fn(state[t].astype(jnp.float32), obs[t].astype(jnp.float32), actions[t], last[t])
         ctx = ActingContext(logits=logits, avail=avail[t, agent], q_values=q, mix_weight=mix, actor_params=params,
-                            actor_hidden=h, actor_input=x, prev_actor_grad=g_prev, has_prev_grad=ls.has_prev_grad,
+                            actor_hidden=h, actor_input=x, prev_actor_grad=g_prev, has_prev_grad=has_grad,
                             epsilon=jnp.float32(0.0), hidden_tangent=h_dot, history_inputs=xs, history_step=t)
         key = jax.random.PRNGKey(0)
         out = (variance_direction(key, ctx, fn), variance_direction(key, ctx, fn, exact_history=True),
@@ -98,12 +100,12 @@ def main():
                       run=RunConfig(steps=max(args.checkpoints), seeds=(args.seed,), eval_interval=min(args.checkpoints),
                                     test_episodes=4))
     prog = make_train(cfg)
-    mod = learner_module(learner.name)
+    rec = learner_record(learner.name)  # the Learner record (tram.types.Learner)
     env = prog.env
-    nets = mod.make_nets(learner, env.spec.num_agents, env.spec.num_actions)
+    nets = rec.make_nets(learner, env.spec.num_agents, env.spec.num_actions)
     a, n = env.spec.num_actions, env.spec.num_agents
     run_window = jax.jit(prog.run_window)
-    per_episode = jax.jit(lambda ls, eps, e, k: directions_for_episode(nets, mod, ls, eps, e, k, a),
+    per_episode = jax.jit(lambda ls, eps, e, k: directions_for_episode(nets, rec, ls, eps, e, k, a),
                           static_argnums=3)
     state = jax.jit(prog.init)(jax.random.PRNGKey(args.seed))
     t0 = time.perf_counter()

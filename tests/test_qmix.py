@@ -19,7 +19,7 @@ from tram.envs import make_env
 from tram.envs.base import EnvSpec
 from tram.envs.random_policy import random_policy_episodes
 from tram.experiments.program import make_train
-from tram.learners import LEARNER_CONFIGS, qmix
+from tram.learners import LEARNER_CONFIGS, LEARNERS, qmix
 from tram.learners.actor import RNNActor, epsilon_at
 from tram.learners.episodes import Episodes, buffer_add
 from tram.learners.rollout import AttackHook, collect_episodes, evaluate_greedy
@@ -367,7 +367,7 @@ def test_worst_q_identity_cases():
 def _worst_q_hook(cfg_attack, nets, state, agent, source="actor"):
     return AttackHook(perturb=make_worst_q_perturbation(cfg_attack, source), agent=agent,
                       q_fn=qmix.attack_q_fn(nets, state.critic_params, agent),
-                      prev_actor_grad=state.prev_actor_grad, has_prev_grad=state.has_prev_grad)
+                      prev_actor_grad=None, has_prev_grad=jnp.bool_(False))  # QMIX has no policy gradient
 
 
 def test_rollout_and_evaluation_with_worst_q_on_qmix():
@@ -447,6 +447,10 @@ def test_config_defaults_and_registration():
     assert (a.attack_at, a.attack_start) == ("both", 1000) and not a.is_identity
     assert (AttackConfig().attack_at, AttackConfig().attack_start) == ("train", 0)
     assert LEARNER_CONFIGS["qmix"] is qmix.QMIXConfig
+    assert LEARNERS["qmix"] is qmix.LEARNER and qmix.LEARNER.config is qmix.QMIXConfig
+    # no policy gradient: no dummy gradient fields in the state; its own acting rule and worst-Q source
+    assert qmix.LEARNER.policy_gradient is None and "prev_actor_grad" not in qmix.QMIXState._fields
+    assert qmix.LEARNER.select_actions is qmix.select_actions and qmix.LEARNER.worst_q_source == "actor"
     c = qmix.QMIXConfig()
     assert (c.num_envs, c.buffer_size, c.batch_size, c.lr, c.rms_alpha, c.rms_eps, c.grad_clip, c.gamma,
             c.target_update_interval, c.mixing_embed, c.hypernet_layers, c.hypernet_embed, c.double_q) == \

@@ -146,6 +146,7 @@ class EnvConfig:
 
     @property
     def options_dict(self) -> dict[str, Any]:
+        """The environment's options as a dict (keyword arguments of :func:`tram.envs.make_env`)."""
         return dict(self.options)
 
 
@@ -326,6 +327,7 @@ class TrainConfig:
                    run=RunConfig(**run_d))
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 

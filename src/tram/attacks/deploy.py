@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from tram.attacks.budget import kl_from_logits, masked_log_softmax, masked_softmax, stealth_loglik_from_logits
-from tram.types import ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
+from tram.types import WORST_Q_SOURCES, ActingContext, ActorLogitsFn, AttackStepStats, PolicyPerturbation
 
 __all__ = ["WORST_Q_BONUS", "Q_SOURCES", "worst_q_action", "worst_q_logits", "make_worst_q_perturbation",
            "gate_perturbation"]
@@ -44,7 +44,7 @@ __all__ = ["WORST_Q_BONUS", "Q_SOURCES", "worst_q_action", "worst_q_logits", "ma
 WORST_Q_BONUS = 1e4
 """How far above every clean logit the worst-Q action is put (finite; its softmax is one)."""
 
-Q_SOURCES = ("critic", "actor")
+Q_SOURCES = WORST_Q_SOURCES
 """Where the individual Q-values come from: ``ctx.q_values`` (DOP, COMA) or ``ctx.logits``
 (QMIX, whose agent network outputs Q-values)."""
 

@@ -32,7 +32,6 @@ input logits are returned bit for bit, so a run equals the clean one.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import numbers
 from dataclasses import dataclass

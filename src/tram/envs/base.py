@@ -78,9 +78,12 @@ class TramEnv(MultiAgentEnv):
 
     # ---- array view (what learners use) -------------------------------------------
     def reset_arrays(self, key: jax.Array) -> tuple[Any, TimeStep]:
+        """``(env_state, TimeStep)`` of a new episode (``obs [N, D]``, ``state [S]``, ``avail [N, A]``)."""
         raise NotImplementedError
 
     def step_arrays(self, key: jax.Array, env_state: Any, actions: jax.Array) -> tuple[Any, TimeStep]:
+        """``(env_state, TimeStep)`` after the agents take ``actions [N]`` int32 (``reward``,
+        ``terminated``, ``done``, ``won`` ``[]``)."""
         raise NotImplementedError
 
     def avail_arrays(self, env_state: Any) -> jax.Array:
@@ -94,10 +97,13 @@ class TramEnv(MultiAgentEnv):
         return obs
 
     def reset(self, key):
+        """JaxMARL view of :meth:`reset_arrays`: ``(obs dict by agent plus "world_state", env_state)``."""
         env_state, ts = self.reset_arrays(key)
         return self._obs_dict(ts), env_state
 
     def step_env(self, key, state, actions):
+        """JaxMARL view of :meth:`step_arrays` (``actions`` a dict by agent): ``(obs, env_state,
+        rewards, dones (with "__all__"), infos {"terminated", "won"})``."""
         acts = jnp.stack([jnp.asarray(actions[a]) for a in self.agents]).astype(jnp.int32)
         env_state, ts = self.step_arrays(key, state, acts)
         rewards = {a: ts.reward for a in self.agents}
@@ -107,9 +113,11 @@ class TramEnv(MultiAgentEnv):
         return self._obs_dict(ts), env_state, rewards, dones, infos
 
     def get_avail_actions(self, state) -> dict[str, jax.Array]:
+        """Available actions by agent, ``[A]`` bool each."""
         avail = self.avail_arrays(state)
         return {a: avail[i] for i, a in enumerate(self.agents)}
 
     @property
     def name(self) -> str:
+        """The environment's name (``env.name``)."""
         return self.spec.name

@@ -332,6 +332,7 @@ class SpreadEnv(GridEnv):
         super().__init__(3, grid_size, episode_limit)
 
     def reward_and_success(self, agent_pos, landmark_pos):
+        """``(reward [], success [] bool)`` of the positions (:func:`spread_reward`)."""
         return spread_reward(agent_pos, landmark_pos)
 
 
@@ -348,6 +349,7 @@ class GatherEnv(GridEnv):
         super().__init__(3, grid_size, episode_limit)
 
     def reward_and_success(self, agent_pos, landmark_pos):
+        """``(reward [], success [] bool)`` of the positions (:func:`gather_reward`)."""
         return gather_reward(agent_pos, landmark_pos)
 
 
@@ -368,6 +370,7 @@ class FormationEnv(GridEnv):
         self.success_threshold = float(success_threshold)
 
     def reward_and_success(self, agent_pos, landmark_pos):
+        """``(-formation error [], error < success_threshold)`` (:func:`formation_sum`)."""
         err = formation_sum(agent_pos, landmark_pos)
         return -err, err < self.success_threshold
 

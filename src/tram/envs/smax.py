@@ -200,6 +200,7 @@ class SmaxMap:
     smacv2: bool = False
 
     def scenario(self) -> Scenario:
+        """The map as a JaxMARL SMAX ``Scenario`` (unit types, team sizes)."""
         types = jnp.asarray(self.ally_types + self.enemy_types, dtype=jnp.uint8)
         return Scenario(types, len(self.ally_types), len(self.enemy_types), self.smacv2, self.smacv2)
 

@@ -25,7 +25,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -250,17 +250,124 @@ def _kept_samples(run_dir: Path, meta: dict, state, seeds) -> dict[str, list[np.
     return {k: [np.asarray(v)[keep]] for k, v in prev.items()}
 
 
-def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, run_dir: Path, out: Path, *,
-                  progress: bool, checkpoint_every_s: float, restart: bool, log,
-                  keep_branch_point: int | None) -> Path:
-    """:func:`train` once the run's lock is held."""
+class StartPoint(NamedTuple):
+    """Where a run's window loop starts: the next window, the seeds' state (leaves ``[S, ...]``),
+    the ``metrics.csv`` rows and ``attack_samples.npz`` records already kept, the branch
+    parent (``{"run": name, "evaluations_inherited": n}`` or None), whether a checkpoint
+    was loaded, and the ``detection_samples.npz`` records kept (:class:`DetectionLog`)."""
+
+    window: int
+    state: Any
+    rows: list
+    samples: dict
+    branched_from: dict | None
+    from_checkpoint: bool
+    detection: DetectionLog
+
+
+def prepare_run_dir(run_dir: Path, cfg_dict: dict, restart: bool) -> str:
+    """Cleans ``run_dir`` before training: removes temp files left by a killed writer, clears
+    the run with ``restart`` (the finished marker first, so a killed restart is never
+    "finished"), else checks a stored ``config.json`` against ``cfg_dict``.
+
+    Returns:
+        The run's status (:func:`store.run_status`: ``"missing"``, ``"done"`` or ``"partial"``).
+
+    Raises:
+        store.CorruptRunError: the stored ``config.json`` differs from ``cfg_dict``.
+    """
     for tmp in store.stale_temp_files(run_dir):  # left by a killed writer; no writer runs now
         tmp.unlink(missing_ok=True)
     if restart:
-        store.clear_run(run_dir)  # the finished marker first: a killed restart is never "finished"
+        store.clear_run(run_dir)
     elif (run_dir / store.CONFIG_FILE).exists():
         store.verify_config(run_dir, cfg_dict)
-    status = store.run_status(run_dir)
+    return store.run_status(run_dir)
+
+
+def start_point(config: TrainConfig, program: TrainProgram, run_dir: Path, out: Path, init, keys, status: str,
+                restart: bool, log) -> StartPoint:
+    """The run's :class:`StartPoint`: its checkpoint if it has one (and not ``restart``), else
+    its clean parent's branch point if that exists (module docstring), else ``init(keys)``
+    at window 0.
+
+    Raises:
+        store.CorruptRunError: the checkpoint does not match this configuration, or its
+            ``attack_samples.npz`` is missing or short.
+    """
+    samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
+    detection = DetectionLog(program.attacked_agent)
+    ckpt = None if restart else store.load_checkpoint(run_dir)
+    template = jax.eval_shape(init, keys)
+    leaves, treedef = jax.tree.flatten(template)
+    branch = None if (restart or ckpt is not None) else _load_branch(config, out, treedef, len(leaves), log)
+    n_windows = len(program.window_targets)
+    if branch is not None:
+        start_window, state, rows, branched_from = branch
+        log(f"{run_dir}: branching from {branched_from['run']} at evaluation {start_window} of "
+            f"{n_windows} (the attack starts at step {config.attack.attack_start:,})")
+        return StartPoint(start_window, state, rows, samples, branched_from, False, detection)
+    if ckpt is not None:
+        start_window, arrays, meta = ckpt
+        state = _load_without_detection(template, arrays, meta.get("num_leaves"))  # written before tram recorded it
+        if state is None and meta.get("num_leaves") != len(leaves):
+            raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
+                                        f"delete {run_dir / 'checkpoint'} or pass --restart")
+        if state is None:
+            state = _load_state(treedef, arrays, len(leaves))
+        samples = _kept_samples(run_dir, meta, state, config.run.seeds)
+        detection = DetectionLog.resume(run_dir, meta, program.attacked_agent)
+        log(f"{run_dir}: resuming at evaluation {start_window} of {n_windows}")
+        return StartPoint(start_window, state, _meta_rows(meta["rows"]), samples, meta.get("branched_from"), True,
+                          detection)
+    if status == "partial":
+        log(f"{run_dir}: partial run without a checkpoint, restarting it from scratch")
+    return StartPoint(0, init(keys), [], samples, None, False, detection)
+
+
+def run_summary(config: TrainConfig, program: TrainProgram, rows: list, env_steps, steps_at_start: int,
+                wall: float, compile_s: float | None, branched_from: dict | None) -> dict:
+    """The ``summary.json`` of a finished run.
+
+    Args:
+        rows: every ``metrics.csv`` row (the last ``len(config.run.seeds)`` are the final
+            evaluation, one per seed).
+        env_steps: ``[S]`` the env steps each seed took in total.
+        steps_at_start: the env steps (per seed, the minimum) at which this process started
+            (0 unless resumed); the throughput counts the steps taken since then.
+        wall: seconds this process trained; compile_s: its first window's seconds (with compilation).
+
+    Returns:
+        A JSON-able dict: ``status`` ``"done"``, ``final`` (``{seed: {column: value}}``),
+        ``steps_per_second`` (over all seeds), ``wall_time_s``, ``first_window_s_incl_compile``,
+        ``attacked_agent_index``, ``env_steps_actual`` (``{seed: steps}``), ``branched_from``
+        and ``seed_mode``.
+    """
+    final = {}
+    for r in rows[-len(config.run.seeds):]:
+        final[str(r[0])] = dict(zip(METRIC_COLUMNS[1:], r[1:]))
+    total_steps = int(np.sum(np.asarray(env_steps))) - steps_at_start * len(config.run.seeds)
+    return {
+        "status": "done",
+        "final": final,
+        "steps_per_second": total_steps / max(wall, 1e-9),
+        "wall_time_s": wall,
+        "first_window_s_incl_compile": compile_s,
+        "attacked_agent_index": program.attacked_agent,
+        "env_steps_actual": {str(s): int(v) for s, v in zip(config.run.seeds, np.asarray(env_steps))},
+        "branched_from": branched_from,
+        # an execution setting, not part of the run's identity (config.json leaves it out):
+        # the mode of the process that finished the run (a resumed run may have begun in another)
+        "seed_mode": config.run.seed_mode,
+    }
+
+
+def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, run_dir: Path, out: Path, *,
+                  progress: bool, checkpoint_every_s: float, restart: bool, log,
+                  keep_branch_point: int | None) -> Path:
+    """:func:`train` once the run's lock is held: :func:`prepare_run_dir`, :func:`start_point`,
+    :func:`run_windows`, then :func:`run_summary` is written and the checkpoint removed."""
+    status = prepare_run_dir(run_dir, cfg_dict, restart)
     if status == "done":
         log(f"{run_dir}: already finished, not redone")
         return run_dir
@@ -273,44 +380,49 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
 
     init, run_window = over_seeds(program, config.run.seed_mode)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in config.run.seeds])
-    template = jax.eval_shape(init, keys)
-
-    start_window, rows, branched_from = 0, [], None
-    samples: dict[str, list[np.ndarray]] = {k: [] for k in store.SAMPLE_ARRAYS}
-    detection = DetectionLog(program.attacked_agent)
-    ckpt = None if restart else store.load_checkpoint(run_dir)
-    leaves, treedef = jax.tree.flatten(template)
-    branch = None if (restart or ckpt is not None) else _load_branch(config, out, treedef, len(leaves), log)
-    if branch is not None:
-        start_window, state, rows, branched_from = branch
-        log(f"{run_dir}: branching from {branched_from['run']} at evaluation {start_window} of "
-            f"{len(program.window_targets)} (the attack starts at step {config.attack.attack_start:,})")
-    elif ckpt is not None:
-        start_window, arrays, meta = ckpt
-        branched_from = meta.get("branched_from")
-        state = _load_without_detection(template, arrays, meta.get("num_leaves"))  # written before tram recorded it
-        if state is None and meta.get("num_leaves") != len(leaves):
-            raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
-                                        f"delete {run_dir / 'checkpoint'} or pass --restart")
-        if state is None:
-            state = _load_state(treedef, arrays, len(leaves))
-        rows = _meta_rows(meta["rows"])
-        samples = _kept_samples(run_dir, meta, state, config.run.seeds)
-        detection = DetectionLog.resume(run_dir, meta, program.attacked_agent)
-        log(f"{run_dir}: resuming at evaluation {start_window} of {len(program.window_targets)}")
-    else:
-        if status == "partial":
-            log(f"{run_dir}: partial run without a checkpoint, restarting it from scratch")
-        state = init(keys)
-
+    start = start_point(config, program, run_dir, out, init, keys, status, restart, log)
     branch_window = None
     if keep_branch_point is not None:
         branch_window = _branch_window(config, program, int(keep_branch_point))
         if branch_window is None or (run_dir / store.BRANCH_POINT_DIR).exists():
             branch_window = None  # too early for any evaluation, or already kept
+    steps_at_start = int(np.min(np.asarray(start.state.env_steps))) if start.window else 0
+    t0 = time.perf_counter()
+    state, rows, compile_s = run_windows(config, program, run_dir, run_window, start, steps_at_start,
+                                         progress=progress, checkpoint_every_s=checkpoint_every_s,
+                                         branch_window=branch_window, keep_branch_point=keep_branch_point, log=log)
+    wall = time.perf_counter() - t0
+    summary = run_summary(config, program, rows, state.env_steps, steps_at_start, wall, compile_s,
+                          start.branched_from)
+    store.write_json_atomic(run_dir / store.SUMMARY_FILE, summary)
+    store.remove_checkpoint(run_dir)
+    log(f"{run_dir}: done in {wall:.0f} s ({summary['steps_per_second']:.0f} env steps/s over all seeds)")
+    return run_dir
+
+
+def run_windows(config: TrainConfig, program: TrainProgram, run_dir: Path, run_window, start: StartPoint,
+                steps_at_start: int, *, progress: bool, checkpoint_every_s: float, branch_window: int | None,
+                keep_branch_point: int | None, log=print):
+    """Runs the evaluation windows from ``start.window`` to the last, writing ``metrics.csv``
+    and ``attack_samples.npz`` after each, keeping the branch point after window
+    ``branch_window`` (if every seed is still below ``keep_branch_point``), and checkpointing
+    every ``checkpoint_every_s`` seconds (not after the last window).
+
+    ``detection_samples.npz`` gets the window's monitor records when the program records them.
+
+    Returns:
+        ``(state, rows, compile_s)``: the final state (leaves ``[S, ...]``), every
+        ``metrics.csv`` row, and the first window's seconds including compilation (None if
+        no window ran).
+
+    Raises:
+        RunInterrupted: Ctrl-C; the state after the last completed window is checkpointed
+            (unless that is already the checkpoint).
+    """
+    state, rows, samples, branched_from = start.state, start.rows, start.samples, start.branched_from
+    detection = start.detection
     n_windows = len(program.window_targets)
     t0 = time.perf_counter()
-    steps_at_start = int(np.min(np.asarray(state.env_steps))) if start_window else 0
     last_ckpt = time.perf_counter()
 
     def num_samples() -> int:
@@ -318,12 +430,12 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
 
     # What is on disk and consistent: (next window, its state, rows written, sample records
     # written, detection records written).
-    committed = (start_window, state, len(rows), num_samples(), detection.counts())
-    saved_window = start_window if ckpt is not None else None
-    bar = _progress(progress, n_windows, start_window, config)
+    committed = (start.window, state, len(rows), num_samples(), detection.counts())
+    saved_window = start.window if start.from_checkpoint else None
+    bar = _progress(progress, n_windows, start.window, config)
     compile_s = None
     try:
-        for w in range(start_window, n_windows):
+        for w in range(start.window, n_windows):
             tw = time.perf_counter()
             state, metrics = run_window(state, jnp.int32(program.window_targets[w]))
             jax.block_until_ready(metrics)
@@ -368,27 +480,7 @@ def _train_locked(config: TrainConfig, program: TrainProgram, cfg_dict: dict, ru
     finally:
         if bar is not None:
             bar.close()
-    wall = time.perf_counter() - t0
-    final = {}
-    for r in rows[-len(config.run.seeds):]:
-        final[str(r[0])] = dict(zip(METRIC_COLUMNS[1:], r[1:]))
-    total_steps = int(np.sum(np.asarray(state.env_steps))) - steps_at_start * len(config.run.seeds)
-    store.write_json_atomic(run_dir / store.SUMMARY_FILE, {
-        "status": "done",
-        "final": final,
-        "steps_per_second": total_steps / max(wall, 1e-9),
-        "wall_time_s": wall,
-        "first_window_s_incl_compile": compile_s,
-        "attacked_agent_index": program.attacked_agent,
-        "env_steps_actual": {str(s): int(v) for s, v in zip(config.run.seeds, np.asarray(state.env_steps))},
-        "branched_from": branched_from,
-        # an execution setting, not part of the run's identity (config.json leaves it out):
-        # the mode of the process that finished the run (a resumed run may have begun in another)
-        "seed_mode": config.run.seed_mode,
-    })
-    store.remove_checkpoint(run_dir)
-    log(f"{run_dir}: done in {wall:.0f} s ({total_steps / max(wall, 1e-9):.0f} env steps/s over all seeds)")
-    return run_dir
+    return state, rows, compile_s
 
 
 def _load_without_detection(template, arrays, num_leaves):

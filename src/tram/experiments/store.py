@@ -821,19 +821,23 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The run directory's name (:func:`run_name`)."""
         return self.path.name
 
     @property
     def status(self) -> RunStatus:
+        """``"done"`` if ``summary.json`` says so, else ``"partial"``."""
         done = isinstance(self.summary, dict) and self.summary.get("status") == "done"
         return "done" if done else "partial"
 
     @property
     def env(self) -> str:
+        """``env.name`` of the run's config."""
         return str(self.config["env"]["name"])
 
     @property
     def learner(self) -> str:
+        """``learner.name`` of the run's config."""
         return str(self.config["learner"]["name"])
 
     @property

@@ -193,6 +193,9 @@ def load_sweep(path: str | Path) -> list[TrainConfig]:
 
 @dataclass
 class CellResult:
+    """One sweep cell's outcome: its config, its run directory (None if it failed) and the
+    error message (None if it trained)."""
+
     config: TrainConfig
     run_dir: str | None
     error: str | None

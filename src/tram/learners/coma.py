@@ -73,6 +73,7 @@ from tram.learners.episodes import (
 from tram.learners.policy_gradient import pg_loss_and_grad, take
 from tram.learners.targets import td_lambda_targets
 from tram.learners.timechunks import map_time
+from tram.types import Learner
 
 
 @dataclass(frozen=True)
@@ -116,11 +117,14 @@ class COMAConfig:
 
 
 class COMANets(NamedTuple):
+    """COMA's networks: the shared recurrent ``actor`` and the centralised ``critic``."""
+
     actor: RNNActor
     critic: ComaCritic
 
 
 def make_nets(cfg: COMAConfig, num_agents: int, num_actions: int) -> COMANets:
+    """COMA's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return COMANets(actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
                     critic=ComaCritic(num_actions=num_actions, hidden=cfg.critic_hidden))
 
@@ -146,12 +150,14 @@ def _critic_in_dim(spec) -> int:
 
 
 def buffer_bytes(cfg: COMAConfig, spec) -> int:
+    """Bytes the on-policy episode buffer of one seed takes."""
     dt = jnp.float16 if cfg.storage_dtype == "float16" else jnp.float32
     return episodes_nbytes(cfg.buffer_size, spec.episode_limit, spec.num_agents, spec.obs_dim, spec.state_dim,
                            spec.num_actions, dt)
 
 
 def init_state(cfg: COMAConfig, spec, key) -> tuple[COMANets, COMAState]:
+    """Fresh networks (target critic = copy of the critic), optimisers and empty buffer for one seed."""
     nets = make_nets(cfg, spec.num_agents, spec.num_actions)
     k_a, k_c = jax.random.split(key)
     n, a = spec.num_agents, spec.num_actions
@@ -193,11 +199,19 @@ def attack_q_fn(nets: COMANets, critic_params, agent: int):
     return q_fn
 
 
+def policy_gradient(state: COMAState):
+    """``(grad, has_grad)``: the last actor update's policy gradient (pytree like
+    ``actor_params``, ascent direction of J; zeros before the first update) and ``[]`` bool."""
+    return state.prev_actor_grad, state.has_prev_grad
+
+
 def store_episodes(state: COMAState, episodes: Episodes) -> COMAState:
+    """Adds the collected episodes to the on-policy buffer."""
     return state._replace(on_buffer=buffer_add(state.on_buffer, episodes))
 
 
 def ready_to_train(cfg: COMAConfig, state: COMAState) -> jax.Array:
+    """``[]`` bool: the buffer holds at least ``batch_size`` episodes."""
     return state.on_buffer.count >= cfg.batch_size
 
 
@@ -251,3 +265,11 @@ def train_step(cfg: COMAConfig, nets: COMANets, state: COMAState, key, epsilon) 
             "critic_timesteps": n_steps, "target_slots": (length + 1).astype(jnp.float32),
             "actor_slots": length.astype(jnp.float32), "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(mask)}
     return new_state, info
+
+
+LEARNER = Learner(
+    name="coma", config=COMAConfig, make_nets=make_nets, init_state=init_state, store_episodes=store_episodes,
+    ready_to_train=ready_to_train, train_step=train_step, attack_q_fn=attack_q_fn, buffer_bytes=buffer_bytes,
+    policy_gradient=policy_gradient,
+)
+"""COMA's record for the training program (:class:`tram.types.Learner`)."""

@@ -6,12 +6,14 @@ import optax
 
 
 def positive_int(cfg, field: str):
+    """Checks that ``cfg.field`` is an integer >= 1; raises ``ValueError`` naming ``learner.field`` otherwise."""
     v = getattr(cfg, field)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"learner.{field} must be an integer >= 1, got {v!r}")
 
 
 def unit_interval(cfg, field: str):
+    """Checks that ``cfg.field`` is a number in [0, 1]; raises ``ValueError`` naming ``learner.field`` otherwise."""
     v = getattr(cfg, field)
     if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
         raise ValueError(f"learner.{field} must be in [0, 1], got {v!r}")

@@ -98,6 +98,7 @@ from tram.learners.episodes import (
 from tram.learners.targets import td_lambda_targets, tree_backup_targets
 from tram.learners.policy_gradient import pg_loss, pg_loss_and_grad, policy_over_episodes, take
 from tram.learners.timechunks import map_time
+from tram.types import Learner
 
 
 @dataclass(frozen=True)
@@ -209,12 +210,15 @@ def critic_inputs(state: jax.Array, obs: jax.Array) -> jax.Array:
 
 
 class DOPNets(NamedTuple):
+    """DOP's networks: the shared recurrent ``actor``, the per-agent ``critic`` and the ``mixer``."""
+
     actor: RNNActor
     critic: DOPCritic
     mixer: DOPMixer
 
 
 def make_nets(cfg: DOPConfig, num_agents: int, num_actions: int) -> DOPNets:
+    """DOP's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return DOPNets(
         actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
         critic=DOPCritic(num_actions=num_actions, hidden=cfg.critic_hidden),
@@ -411,6 +415,12 @@ def attack_q_fn(nets: DOPNets, critic_params, agent: int):
     return q_fn
 
 
+def policy_gradient(state: DOPState):
+    """``(grad, has_grad)``: the last actor update's policy gradient (pytree like
+    ``actor_params``, ascent direction of J; zeros before the first update) and ``[]`` bool."""
+    return state.prev_actor_grad, state.has_prev_grad
+
+
 def store_episodes(state: DOPState, episodes: Episodes) -> DOPState:
     """Every episode goes into both buffers (reference ``run.py``)."""
     return state._replace(on_buffer=buffer_add(state.on_buffer, episodes),
@@ -418,6 +428,7 @@ def store_episodes(state: DOPState, episodes: Episodes) -> DOPState:
 
 
 def ready_to_train(cfg: DOPConfig, state: DOPState) -> jax.Array:
+    """``[]`` bool: both buffers hold a batch (``batch_size`` on-policy, ``off_batch_size`` off-policy)."""
     return (state.on_buffer.count >= cfg.batch_size) & (state.off_buffer.count >= cfg.off_batch_size)
 
 
@@ -465,3 +476,11 @@ def train_step(cfg: DOPConfig, nets: DOPNets, state: DOPState, key, epsilon) -> 
             "actor_slots": truncate_length(latest).astype(jnp.float32),
             "critic_entries": jnp.sum(mask), "actor_entries": jnp.sum(loss_mask(latest.filled, latest.terminated))}
     return new_state, info
+
+
+LEARNER = Learner(
+    name="dop", config=DOPConfig, make_nets=make_nets, init_state=init_state, store_episodes=store_episodes,
+    ready_to_train=ready_to_train, train_step=train_step, attack_q_fn=attack_q_fn, buffer_bytes=buffer_bytes,
+    policy_gradient=policy_gradient,
+)
+"""DOP's record for the training program (:class:`tram.types.Learner`)."""

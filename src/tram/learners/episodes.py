@@ -128,6 +128,7 @@ class EpisodeBuffer(NamedTuple):
 
     @property
     def capacity(self) -> int:
+        """The number of episode slots."""
         return self.data.filled.shape[0]
 
 
@@ -208,12 +209,6 @@ def latest_indices(key: jax.Array, buf: EpisodeBuffer, n: int, rule: str = "refe
 def _newest(buf: EpisodeBuffer, n: int) -> jax.Array:
     """``[n]`` int32 positions of the ``n`` most recently inserted episodes, newest last."""
     return ((buf.pos - n + jnp.arange(n, dtype=jnp.int32)) % buf.capacity).astype(jnp.int32)
-
-
-def buffer_latest(buf: EpisodeBuffer, n: int) -> Episodes:
-    """The ``n`` most recently inserted episodes (:func:`latest_indices` rule ``"latest"``),
-    newest last. ``Episodes`` with ``E = n`` in the storage dtype."""
-    return buffer_take(buf, _newest(buf, n))
 
 
 def truncate_length(episodes: Episodes) -> jax.Array:

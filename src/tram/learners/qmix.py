@@ -64,9 +64,8 @@ Departs from the reference, or chooses where it is silent (default, then the opt
   (100 steps, 2s_vs_1sc 200; SMAC's 3m has 60) and the grid tasks' 25 (``docs/envs.md``);
   the deploy-time ``worst_q`` attack of Fig. 1 is tram's reading of the paper (see
   :mod:`tram.attacks.deploy`);
-* learner-state fields ``prev_actor_grad`` (zeros) and ``has_prev_grad`` (False) exist only
-  because the training program reads them; QMIX has no policy gradient, so the
-  J-based and variance-based attacks are refused (their entries in
+* QMIX has no policy gradient (its record's ``policy_gradient`` is None), so the J-based
+  and variance-based attacks are refused (their entries in
   :data:`tram.attacks.methods.ATTACK_METHODS` do not list QMIX);
 * ``info["actor_loss"]`` is NaN (there is no actor loss); ``critic_loss`` is the TD loss.
 
@@ -96,6 +95,7 @@ from tram.learners.episodes import (
 from tram.learners.nets import TorchDense
 from tram.learners.policy_gradient import episode_actor_inputs, take
 from tram.learners.timechunks import _pad_time, map_time, num_chunks, recurrent_value_and_grad, scan_time
+from tram.types import Learner
 
 
 WORST_Q_SOURCE = "actor"
@@ -218,11 +218,14 @@ class QMixer(nn.Module):
 
 
 class QMIXNets(NamedTuple):
+    """QMIX's networks: the shared recurrent agent network (``actor``) and the ``mixer``."""
+
     actor: RNNActor  # the agent network; its "logits" are the individual Q-values
     mixer: QMixer
 
 
 def make_nets(cfg: QMIXConfig, num_agents: int, num_actions: int) -> QMIXNets:
+    """QMIX's (unparameterised) networks for ``num_agents`` agents and ``num_actions`` actions."""
     return QMIXNets(
         actor=RNNActor(num_actions=num_actions, hidden=cfg.rnn_hidden),
         mixer=QMixer(num_agents=num_agents, embed=cfg.mixing_embed, hypernet_layers=cfg.hypernet_layers,
@@ -568,8 +571,6 @@ class QMIXState(NamedTuple):
     buffer: EpisodeBuffer
     episodes: jax.Array  # episodes collected so far
     last_target_update: jax.Array  # the episode counter at the last target copy
-    prev_actor_grad: Any  # zeros: QMIX has no policy gradient (read by the training program)
-    has_prev_grad: jax.Array  # always False
 
 
 def _joint(state: QMIXState) -> dict:
@@ -603,8 +604,6 @@ def init_state(cfg: QMIXConfig, spec, key) -> tuple[QMIXNets, QMIXState]:
                                           a, _dtype(cfg))),
         episodes=jnp.int32(0),
         last_target_update=jnp.int32(0),
-        prev_actor_grad=jax.tree.map(jnp.zeros_like, agent_params),
-        has_prev_grad=jnp.bool_(False),
     )
     return nets, state
 
@@ -629,6 +628,7 @@ def store_episodes(state: QMIXState, episodes: Episodes) -> QMIXState:
 
 
 def ready_to_train(cfg: QMIXConfig, state: QMIXState) -> jax.Array:
+    """``[]`` bool: the replay buffer holds at least ``batch_size`` episodes."""
     return state.buffer.count >= cfg.batch_size
 
 
@@ -656,3 +656,13 @@ def train_step(cfg: QMIXConfig, nets: QMIXNets, state: QMIXState, key, epsilon) 
     info = {"critic_loss": loss, "actor_loss": jnp.float32(jnp.nan), "critic_timesteps": slots,
             "target_slots": slots + 1.0, "actor_slots": slots}
     return new_state, info
+
+
+LEARNER = Learner(
+    name="qmix", config=QMIXConfig, make_nets=make_nets, init_state=init_state, store_episodes=store_episodes,
+    ready_to_train=ready_to_train, train_step=train_step, attack_q_fn=attack_q_fn, buffer_bytes=buffer_bytes,
+    policy_gradient=None, select_actions=select_actions, acting_policy=ACTING_POLICY, worst_q_source=WORST_Q_SOURCE,
+)
+"""QMIX's record for the training program (:class:`tram.types.Learner`): no policy gradient,
+its own acting rule (epsilon-greedy on the agent network's Q-values) and the worst-Q attack
+reading those Q-values."""

@@ -39,10 +39,7 @@ from tram.detect.score import ActingPolicy, MonitorAcc, step_increments
 from tram.envs.base import TramEnv
 from tram.learners.actor import RNNActor, RNNActorLogits, actor_inputs, floored_policy, greedy_actions, sample_actions
 from tram.learners.episodes import Episodes, empty_episodes
-from tram.types import ActingContext, AttackStepStats, PolicyPerturbation
-
-# select_actions(key, logits_or_q [B, N, A], avail [B, N, A], epsilon []) -> actions [B, N]
-SelectActions = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+from tram.types import ActingContext, AttackStepStats, PolicyPerturbation, SelectActions
 
 
 def _sample_floored(key: jax.Array, logits: jax.Array, avail: jax.Array, epsilon: jax.Array) -> jax.Array:
@@ -144,6 +141,7 @@ class AttackSample(NamedTuple):
 
 
 def empty_sample(num_actions: int) -> AttackSample:
+    """An invalid :class:`AttackSample` (zeros, ``[A]`` each; ``valid`` False)."""
     z = jnp.zeros((num_actions,), jnp.float32)
     return AttackSample(pi=z, delta_hat=z, avail=jnp.zeros((num_actions,), bool), valid=jnp.bool_(False))
 
@@ -179,8 +177,161 @@ class RolloutStats(NamedTuple):
     monitor: Any = None
 
 
-def _zero_attack_stats() -> AttackStepStats:
-    return AttackStepStats.zeros()
+class AttackSums(NamedTuple):
+    """The running sums of the poisoned agent's statistics over a rollout (``[]`` each):
+    ``stats`` (:class:`AttackStepStats` sums over its steps with at least two available
+    actions; ``beta`` over the unsaturated ones only), ``steps`` (the number of those steps),
+    ``single_steps`` (its steps with one available action) and ``kl_max`` (the largest KL of
+    those steps)."""
+
+    stats: AttackStepStats
+    steps: jax.Array
+    single_steps: jax.Array
+    kl_max: jax.Array
+
+    @classmethod
+    def zeros(cls) -> "AttackSums":
+        """No step yet: every sum 0."""
+        z = jnp.float32(0.0)
+        return cls(stats=AttackStepStats.zeros(), steps=z, single_steps=z, kl_max=z)
+
+
+def add_attack_step(sums: AttackSums, stats: AttackStepStats, avail_k: jax.Array, active: jax.Array
+                    ) -> tuple[AttackSums, jax.Array]:
+    """Adds one acting step of the poisoned agent in ``B`` environments to ``sums``.
+
+    Args:
+        stats: the perturbation's :class:`AttackStepStats`, each ``[B]``.
+        avail_k: ``[B, A]`` bool, the poisoned agent's available actions.
+        active: ``[B]`` bool, environments still running.
+
+    Returns:
+        ``(sums, multi)``: the new sums and ``multi [B]`` bool, the environments where this was
+        a step with at least two available actions (the only steps summed in ``stats``;
+        the others count in ``single_steps``). ``beta`` is summed over unsaturated steps
+        only: a saturated search returns ``2^BSN1``, which would swamp the mean
+        (saturation has its own statistic). ``kl_max`` reads ``stats.kl`` of those steps.
+    """
+    multi = (jnp.sum(avail_k, axis=-1) >= 2) & active
+    w = multi.astype(jnp.float32)
+    stats_sum = stats.scalars()._replace(beta=stats.beta * (1.0 - stats.saturated))
+    return AttackSums(
+        stats=jax.tree.map(lambda s, v: s + jnp.sum(w * v), sums.stats, stats_sum),
+        steps=sums.steps + jnp.sum(w),
+        single_steps=sums.single_steps + jnp.sum((~multi & active).astype(jnp.float32)),
+        kl_max=jnp.maximum(sums.kl_max, jnp.max(jnp.where(multi, stats.kl, 0.0))),
+    ), multi
+
+
+def take_sample(sample: AttackSample, take_it: jax.Array, logits_k: jax.Array, avail_k: jax.Array,
+                delta_hat: jax.Array) -> AttackSample:
+    """The Fig. 4 sample after one step of environment 0: ``sample`` replaced, if
+    ``take_it`` (``[]`` bool), by the poisoned agent's clean softmax over its available actions
+    (from ``logits_k [A]``, ``avail_k [A]``) and this step's direction ``delta_hat [A]``."""
+    pi = jax.nn.softmax(jnp.where(avail_k, logits_k, -jnp.inf))
+    new = AttackSample(pi=pi, delta_hat=delta_hat, avail=avail_k, valid=jnp.bool_(True))
+    return jax.tree.map(lambda a, b: jnp.where(take_it, a, b), new, sample)
+
+
+def perturb_agent(attack: AttackHook, actor: RNNActor, actor_params: Any, key: jax.Array, logits: jax.Array,
+                  ts, clean_actions: jax.Array, last: jax.Array, h: jax.Array, x: jax.Array, epsilon: jax.Array,
+                  extras: dict, q_carry=None) -> tuple[jax.Array, AttackStepStats, Any]:
+    """The poisoned agent's perturbed logits in ``B`` environments, one ``attack.perturb`` per
+    environment (``ActingContext`` built from this step).
+
+    Args:
+        key: split into one key per environment.
+        logits: ``[B, N, A]`` the actor's logits of every agent.
+        ts: the environments' time step (``state [B, S]``, ``obs [B, N, D]``, ``avail [B, N, A]``).
+        clean_actions: ``[B, N]`` the actions the acting rule chose before the attack (the
+            teammates' actions ``attack.q_fn`` reads).
+        last: ``[B, N]`` the previous actions (-1 at the first step).
+        h: ``[B, N, H]`` hidden states before the step; x: ``[B, N, I]`` actor inputs.
+        extras: the recurrent-gradient fields of ``ActingContext`` with a leading ``[B]``
+            (:func:`_recurrent_extras`).
+        q_carry: the recurrent ``q_fn``'s carry (leaves ``[B, ...]``; ``AttackHook.q_carry``),
+            None for a stateless one.
+
+    Returns:
+        ``(new_logits_k [B, A], stats, q_carry')``: the logits to act from, the
+        :class:`AttackStepStats` (each ``[B]``; ``delta_hat [B, A]`` or None) and the advanced
+        ``q_fn`` carry.
+    """
+    k = attack.agent
+    num_envs = logits.shape[0]
+    q, mix, q_carry = _attack_q(attack, q_carry, ts.state, ts.obs, clean_actions, last)
+
+    def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b, extras_b):
+        ctx = ActingContext(
+            logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b,
+            actor_params=actor_params, actor_hidden=h_b, actor_input=x_b,
+            prev_actor_grad=attack.prev_actor_grad, has_prev_grad=attack.has_prev_grad,
+            epsilon=epsilon, **extras_b,
+        )
+        return attack.perturb(key_b, ctx, _one_step_logits(actor))
+
+    new_logits_k, stats = jax.vmap(one_env)(jax.random.split(key, num_envs), logits[:, k], ts.avail[:, k], q, mix,
+                                            h[:, k], x[:, k], extras)
+    return new_logits_k, stats, q_carry
+
+
+def record_step(store: Episodes, t: jax.Array, limit: int, active: jax.Array, recorded: jax.Array,
+                actions: jax.Array, ts) -> Episodes:
+    """``store`` with step ``t`` written for the environments that took it: ``actions`` at
+    slot ``t`` where ``recorded [B]`` (running or just ended: the post-episode slot's action,
+    which the targets bootstrap from), and where ``active [B]``: the reward, ``terminated``
+    and ``filled`` at slot ``t`` and the next observation, state and available actions
+    (from ``ts``, the step's result) at slot ``t + 1``. Slots are clipped to ``limit``."""
+
+    def put(arr, val, slot, where=active):
+        slot = jnp.minimum(slot, limit)
+        old = arr[:, slot]
+        m = where.reshape((-1,) + (1,) * (old.ndim - 1))
+        return arr.at[:, slot].set(jnp.where(m, val.astype(arr.dtype), old))
+
+    return store._replace(
+        actions=put(store.actions, actions, t, recorded),
+        reward=put(store.reward, ts.reward, t),
+        terminated=put(store.terminated, ts.terminated, t),
+        filled=put(store.filled, jnp.ones_like(active), t),
+        obs=put(store.obs, ts.obs, t + 1),
+        state=put(store.state, ts.state, t + 1),
+        avail=put(store.avail, ts.avail, t + 1),
+    )
+
+
+def initial_store(spec, ts, num_envs: int, storage_dtype) -> Episodes:
+    """Empty :class:`Episodes` (``E = num_envs``, ``episode_limit + 1`` slots, observations and
+    states in ``storage_dtype``) with slot 0 holding the reset time step ``ts``."""
+    store = empty_episodes(num_envs, spec.episode_limit, spec.num_agents, spec.obs_dim, spec.state_dim,
+                           spec.num_actions, storage_dtype)
+    return store._replace(
+        obs=store.obs.at[:, 0].set(ts.obs.astype(storage_dtype)),
+        state=store.state.at[:, 0].set(ts.state.astype(storage_dtype)),
+        avail=store.avail.at[:, 0].set(ts.avail),
+    )
+
+
+class RolloutCarry(NamedTuple):
+    """The loop state of :func:`collect_episodes` (``B`` environments)."""
+
+    t: jax.Array  # [] int32 step
+    key: jax.Array
+    env_state: Any
+    ts: Any  # the current time step of every environment
+    h: jax.Array  # [B, N, H] actor hidden states
+    last: jax.Array  # [B, N] previous actions (-1 at the start)
+    active: jax.Array  # [B] bool running
+    pending: jax.Array  # [B] bool ended at the previous step (records its post-episode action)
+    store: Episodes
+    ret: jax.Array  # [B] returns so far
+    won: jax.Array  # [B] float won / succeeded so far
+    attack: AttackSums
+    sample: AttackSample
+    h_dot: Any  # [B, H] or None (AttackHook.carry_hidden_tangent)
+    hist: Any  # [B, limit + 1, I] or None (AttackHook.carry_history)
+    q_carry: Any = None  # leaves [B, ...] or None (AttackHook.q_carry)
+    mon: Any = None  # MonitorAcc or None (collect_episodes' monitor_policy)
 
 
 def collect_episodes(
@@ -199,6 +350,9 @@ def collect_episodes(
     the learner's acting rule ``select_actions`` (e.g. QMIX's epsilon-greedy) if given; the
     attack then perturbs that rule's input in place of the logits.
 
+    The pieces of one acting step are :func:`perturb_agent`, :func:`add_attack_step`,
+    :func:`take_sample` and :func:`record_step` (module docstring).
+
     With ``monitor_policy`` (the distribution ``select_actions`` samples from, as a function
     of the clean logits), every agent's executed actions are also scored under its clean
     policy (:mod:`tram.detect.score`; no random draw, nothing else changes).
@@ -213,91 +367,33 @@ def collect_episodes(
     key, reset_key, sample_key = jax.random.split(key, 3)
     sample_t = jax.random.randint(sample_key, (), 0, limit)
     env_state, ts = jax.vmap(env.reset_arrays)(jax.random.split(reset_key, num_envs))
-    eps_store = empty_episodes(num_envs, limit, n, spec.obs_dim, spec.state_dim, a, storage_dtype)
-    eps_store = eps_store._replace(
-        obs=eps_store.obs.at[:, 0].set(ts.obs.astype(storage_dtype)),
-        state=eps_store.state.at[:, 0].set(ts.state.astype(storage_dtype)),
-        avail=eps_store.avail.at[:, 0].set(ts.avail),
-    )
-    h0 = jnp.zeros((num_envs, n, actor.hidden), jnp.float32)
-    last0 = jnp.full((num_envs, n), -1, jnp.int32)
-    active0 = jnp.ones((num_envs,), bool)
     h_dot0, hist0 = _recurrent_carry0(attack, num_envs, actor.hidden, limit, spec.obs_dim + a + n)
 
-    class Carry(NamedTuple):
-        t: jax.Array
-        key: jax.Array
-        env_state: Any
-        ts: Any
-        h: jax.Array
-        last: jax.Array
-        active: jax.Array
-        pending: jax.Array
-        store: Episodes
-        ret: jax.Array
-        won: jax.Array
-        attack_sum: AttackStepStats
-        attack_steps: jax.Array
-        single_steps: jax.Array
-        kl_max: jax.Array
-        sample: AttackSample
-        h_dot: Any  # [B, H] or None (AttackHook.carry_hidden_tangent)
-        hist: Any  # [B, limit + 1, I] or None (AttackHook.carry_history)
-        mon: Any  # MonitorAcc or None (monitor_policy)
-        q_carry: Any  # leaves [B, ...] or None (AttackHook.q_carry)
-
-    def cond(c: Carry):
+    def cond(c: RolloutCarry):
         return (c.t <= limit) & jnp.any(c.active | c.pending)
 
-    def body(c: Carry) -> Carry:
+    def body(c: RolloutCarry) -> RolloutCarry:
         key, k_act, k_att, k_env = jax.random.split(c.key, 4)
         x = actor_inputs(c.ts.obs, c.last, a)  # [B, N, I]
         logits, h_new = actor.apply(actor_params, c.h, x)
         actions = select(k_act, logits, c.ts.avail, epsilon)
-        attack_sum, attack_steps, single_steps, kl_max = c.attack_sum, c.attack_steps, c.single_steps, c.kl_max
-        sample = c.sample
-        h_dot, hist, q_carry = c.h_dot, c.hist, c.q_carry
+        sums, sample, h_dot, hist, q_carry = c.attack, c.sample, c.h_dot, c.hist, c.q_carry
         if attack is not None:
             k = attack.agent
-            q, mix, q_carry = _attack_q(attack, c.q_carry, c.ts.state, c.ts.obs, actions, c.last)
             extras, h_dot, hist = _recurrent_extras(attack, actor, actor_params, c.h_dot, c.hist, c.t, c.h[:, k],
                                                     x[:, k], limit)
-
-            def one_env(key_b, logits_b, avail_b, q_b, mix_b, h_b, x_b, extras_b):
-                ctx = ActingContext(
-                    logits=logits_b, avail=avail_b, q_values=q_b, mix_weight=mix_b,
-                    actor_params=actor_params, actor_hidden=h_b, actor_input=x_b,
-                    prev_actor_grad=attack.prev_actor_grad, has_prev_grad=attack.has_prev_grad,
-                    epsilon=epsilon, **extras_b,
-                )
-                return attack.perturb(key_b, ctx, _one_step_logits(actor))
-
-            new_logits_k, stats = jax.vmap(one_env)(
-                jax.random.split(k_att, num_envs), logits[:, k], c.ts.avail[:, k], q, mix,
-                c.h[:, k], x[:, k], extras,
-            )
-            logits_att = logits.at[:, k].set(new_logits_k)
-            actions = select(k_act, logits_att, c.ts.avail, epsilon)
-            multi = (jnp.sum(c.ts.avail[:, k], axis=-1) >= 2) & c.active
-            w = multi.astype(jnp.float32)
-            # beta is summed over unsaturated steps only: a saturated search returns
-            # 2^BSN1, which would swamp the mean (saturation has its own statistic).
-            stats_sum = stats.scalars()._replace(beta=stats.beta * (1.0 - stats.saturated))
-            attack_sum = jax.tree.map(lambda s, v: s + jnp.sum(w * v), attack_sum, stats_sum)
-            attack_steps = attack_steps + jnp.sum(w)
-            single_steps = single_steps + jnp.sum((~multi & c.active).astype(jnp.float32))
-            kl_max = jnp.maximum(kl_max, jnp.max(jnp.where(multi, stats.kl, 0.0)))
+            new_logits_k, stats, q_carry = perturb_agent(attack, actor, actor_params, k_att, logits, c.ts, actions,
+                                                         c.last, c.h, x, epsilon, extras, q_carry)
+            actions = select(k_act, logits.at[:, k].set(new_logits_k), c.ts.avail, epsilon)
+            sums, multi = add_attack_step(sums, stats, c.ts.avail[:, k], c.active)
             if stats.delta_hat is not None:
-                avail0 = c.ts.avail[0, k]
-                pi0 = jax.nn.softmax(jnp.where(avail0, logits[0, k], -jnp.inf))
-                take_it = (c.t == sample_t) & multi[0]
-                new = AttackSample(pi=pi0, delta_hat=stats.delta_hat[0], avail=avail0, valid=jnp.bool_(True))
-                sample = jax.tree.map(lambda a, b: jnp.where(take_it, a, b), new, sample)
+                sample = take_sample(sample, (c.t == sample_t) & multi[0], logits[0, k], c.ts.avail[0, k],
+                                     stats.delta_hat[0])
         mon = c.mon
         if monitor_policy is not None:  # clean logits, executed actions
             u, v = step_increments(monitor_policy(logits, c.ts.avail, epsilon), actions)
             mon = mon.add(u, v, c.active, c.t)
-        act, t, s = c.active, c.t, c.store
+        act, t = c.active, c.t
         # An env that ended at the previous step ("pending") records the action chosen in
         # its post-episode slot, which the critic targets bootstrap from (PyMARL selects
         # actions in the last stored state too); it is not stepped.
@@ -306,46 +402,30 @@ def collect_episodes(
         env_state, ts_next = jax.vmap(env.step_arrays)(jax.random.split(k_env, num_envs), c.env_state, actions)
         ts = jax.tree.map(
             lambda new, old: jnp.where(act.reshape((-1,) + (1,) * (new.ndim - 1)), new, old), ts_next, c.ts)
-
-        def put(arr, val, slot, where=act):
-            slot = jnp.minimum(slot, limit)
-            old = arr[:, slot]
-            m = where.reshape((-1,) + (1,) * (old.ndim - 1))
-            return arr.at[:, slot].set(jnp.where(m, val.astype(arr.dtype), old))
-
-        s = s._replace(
-            actions=put(s.actions, actions, t, recorded),
-            reward=put(s.reward, ts.reward, t),
-            terminated=put(s.terminated, ts.terminated, t),
-            filled=put(s.filled, jnp.ones_like(act), t),
-            obs=put(s.obs, ts.obs, t + 1),
-            state=put(s.state, ts.state, t + 1),
-            avail=put(s.avail, ts.avail, t + 1),
-        )
+        store = record_step(c.store, t, limit, act, recorded, actions, ts)
         ret = c.ret + jnp.where(act, ts.reward, 0.0)
         won = jnp.where(act, jnp.maximum(c.won, ts.won.astype(jnp.float32)), c.won)
-        return Carry(
+        return RolloutCarry(
             t=t + 1, key=key, env_state=env_state, ts=ts, h=h_new,
             last=jnp.where(act[:, None], actions, c.last), active=act & ~ts.done,
-            pending=act & ts.done, store=s, ret=ret, won=won, attack_sum=attack_sum, attack_steps=attack_steps,
-            single_steps=single_steps, kl_max=kl_max, sample=sample, h_dot=h_dot, hist=hist, mon=mon,
-            q_carry=q_carry,
+            pending=act & ts.done, store=store, ret=ret, won=won, attack=sums, sample=sample, h_dot=h_dot,
+            hist=hist, q_carry=q_carry, mon=mon,
         )
 
-    c0 = Carry(
-        t=jnp.int32(0), key=key, env_state=env_state, ts=ts, h=h0, last=last0, active=active0,
-        pending=jnp.zeros((num_envs,), bool), store=eps_store, ret=jnp.zeros((num_envs,), jnp.float32),
-        won=jnp.zeros((num_envs,), jnp.float32), attack_sum=_zero_attack_stats(),
-        attack_steps=jnp.float32(0.0), single_steps=jnp.float32(0.0), kl_max=jnp.float32(0.0),
-        sample=empty_sample(a), h_dot=h_dot0, hist=hist0,
-        mon=None if monitor_policy is None else MonitorAcc.zeros(num_envs, n, limit),
+    c0 = RolloutCarry(
+        t=jnp.int32(0), key=key, env_state=env_state, ts=ts, h=jnp.zeros((num_envs, n, actor.hidden), jnp.float32),
+        last=jnp.full((num_envs, n), -1, jnp.int32), active=jnp.ones((num_envs,), bool),
+        pending=jnp.zeros((num_envs,), bool), store=initial_store(spec, ts, num_envs, storage_dtype),
+        ret=jnp.zeros((num_envs,), jnp.float32), won=jnp.zeros((num_envs,), jnp.float32),
+        attack=AttackSums.zeros(), sample=empty_sample(a), h_dot=h_dot0, hist=hist0,
         q_carry=_q_carry0(attack, num_envs),
+        mon=None if monitor_policy is None else MonitorAcc.zeros(num_envs, n, limit),
     )
     c = jax.lax.while_loop(cond, body, c0)
     stats = RolloutStats(
-        episode_return=c.ret, won=c.won, length=c.store.lengths, attack=c.attack_sum,
-        attack_steps=c.attack_steps, attack_single_action_steps=c.single_steps, attack_kl_max=c.kl_max,
-        sample=c.sample, monitor=c.mon,
+        episode_return=c.ret, won=c.won, length=c.store.lengths, attack=c.attack.stats,
+        attack_steps=c.attack.steps, attack_single_action_steps=c.attack.single_steps,
+        attack_kl_max=c.attack.kl_max, sample=c.sample, monitor=c.mon,
     )
     return c.store, stats
 

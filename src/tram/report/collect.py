@@ -73,6 +73,7 @@ def method_rank(method: str) -> int:
 
 
 def env_sort_key(env: str) -> tuple[int, str]:
+    """Sort key of an environment name: the paper's order first, then the others by name."""
     return (PAPER_ENV_ORDER.index(env), "") if env in PAPER_ENV_ORDER else (len(PAPER_ENV_ORDER), env)
 
 
@@ -93,6 +94,7 @@ class RunKey:
 
     @classmethod
     def of(cls, run: Run) -> "RunKey":
+        """The key of a stored run (its env, learner, method, f_A and KL_U)."""
         return cls(run.env, run.learner, run.method, run.f_a, run.kl_u)
 
     @property
@@ -121,18 +123,23 @@ class Store:
     notes: list[str] = field(default_factory=list)
 
     def keys(self) -> list[RunKey]:
+        """Every run's key, in report order."""
         return sorted(self.runs, key=_sort_key)
 
     def learners(self) -> list[str]:
+        """The learners with at least one run, sorted."""
         return sorted({k.learner for k in self.runs})
 
     def envs(self, learner: str | None = None) -> list[str]:
+        """The environments with a run (of ``learner`` if given), in :func:`env_sort_key` order."""
         return sorted(
             {k.env for k in self.runs if learner is None or k.learner == learner}, key=env_sort_key
         )
 
     def get(self, env: str, learner: str, method: str, f_a: float | None = None,
             kl_u: float | None = None) -> Run | None:
+        """The run of that cell, or None (``f_a`` / ``kl_u`` are ignored where the method has
+        none: the clean run, a method without a KL budget)."""
         if method == _methods.CLEAN:
             f_a = kl_u = None
         elif not _methods.series_method(method).has_kl_budget:
@@ -230,4 +237,5 @@ def final_values(run: Run, metric: str) -> np.ndarray:
 
 
 def sorted_values(values: Iterable[float]) -> list[float]:
+    """The distinct ``values``, ascending."""
     return sorted(set(values))
