@@ -309,12 +309,13 @@ def start_point(config: TrainConfig, program: TrainProgram, run_dir: Path, out: 
         return StartPoint(start_window, state, rows, samples, branched_from, False, detection)
     if ckpt is not None:
         start_window, arrays, meta = ckpt
-        state = _load_without_detection(template, arrays, meta.get("num_leaves"))  # written before tram recorded it
-        if state is None and meta.get("num_leaves") != len(leaves):
-            raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
-                                        f"delete {run_dir / 'checkpoint'} or pass --restart")
-        if state is None:
+        if meta.get("num_leaves") == len(leaves):
             state = _load_state(treedef, arrays, len(leaves))
+        else:  # perhaps written before tram recorded the detection monitor
+            state = _load_without_detection(template, arrays, meta.get("num_leaves"))
+            if state is None:
+                raise store.CorruptRunError(f"{run_dir}: checkpoint does not match this configuration; "
+                                            f"delete {run_dir / 'checkpoint'} or pass --restart")
         samples = _kept_samples(run_dir, meta, state, config.run.seeds)
         detection = DetectionLog.resume(run_dir, meta, program.attacked_agent)
         log(f"{run_dir}: resuming at evaluation {start_window} of {n_windows}")
@@ -490,7 +491,7 @@ def _load_without_detection(template, arrays, num_leaves):
     changes no other number, so the older state plus an empty ring is exactly the state
     today's program would have saved: the run resumes as if it had recorded all along
     (without the detection records of the windows before the checkpoint)."""
-    ring = getattr(template.window, "detection", None)
+    ring = getattr(getattr(template, "window", None), "detection", None)
     if ring is None:
         return None
     old = template._replace(window=template.window._replace(detection=None))
