@@ -269,12 +269,12 @@ def dop_bound(r: dict, reps: int, breakdown: bool) -> dict:
 PRESET = Path(__file__).resolve().parent.parent / "src" / "tram" / "presets" / "throughput.json"
 
 
-def write_preset(env_name: str, results: list[dict], seed_mode: str) -> None:
+def write_preset(env_name: str, results: list[dict], seed_mode: str, load_start: tuple[float, ...]) -> None:
     """Saves the clean rates (env steps/s summed over 5 seeds run in ``seed_mode``) and each
     attack's cost per env step relative to clean to ``presets/throughput.json``, which `tram
     reproduce --dry-run` reads. Learners not measured in this run keep their previous entries.
     ``measured_by`` records the command, the seed mode, the date and the machine's load
-    average (``os.getloadavg``) at the end of the run."""
+    average (``os.getloadavg``) at the start (``load_start``) and at the end of the run."""
     spec = make_env(env_name).spec
     old = json.loads(PRESET.read_text()) if PRESET.exists() else {}
     rates = dict(old.get("steps_per_s", {}))
@@ -295,7 +295,8 @@ def write_preset(env_name: str, results: list[dict], seed_mode: str) -> None:
                         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: training env steps/s summed over 5 "
                         f"seeds (run.seed_mode={seed_mode}), clean, steady state after a warm-up window; attack_cost = "
                         f"time per env step under the attack / clean, same run. Machine: {os.cpu_count()} cores, "
-                        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min) at the end: "
+                        f"load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load_start)} at the start, "
+                        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end: "
                         f"other processes shared the cores, so the absolute rates are low; the ratios are same-run"),
     }
     PRESET.write_text(json.dumps(preset, indent=2) + "\n")
@@ -375,6 +376,7 @@ def main():
           f"seed_mode={args.seed_mode}, {args.windows} measured window(s) of {args.eval_interval} env steps per "
           f"seed after a warm-up window; each measurement in its own process; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    load_start = os.getloadavg()
     results = []
     for name in learners:
         runs = ["none"] + ([a for a in attacks] if name in ("dop", "coma") else [])
@@ -436,7 +438,7 @@ def main():
     if goals:
         print("goals (same-run ratios): " + "; ".join(goals))
     if args.write_preset:
-        write_preset(args.env, results, args.seed_mode)
+        write_preset(args.env, results, args.seed_mode, load_start)
     dop_r = clean.get("dop")
     if dop_r is not None:
         raw = smax_raw_steps_per_s(args.env, dop_r["num_envs"] * dop_r["seeds"])
