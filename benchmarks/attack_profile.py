@@ -13,10 +13,11 @@ Two kinds of timing, both per acting step of all ``num_envs`` environments of on
   in the rollout's loop, there is no per-call dispatch): the critic's per-action values
   for the attacker (``q_fn``), the Gram matrix of the actor's Jacobian, the whole
   direction, Algorithm 1 (:func:`tram.attacks.budget.find_beta`, and the step-by-step
-  :func:`~tram.attacks.budget.find_beta_sequential` for reference) and the whole
-  perturbation.
+  :func:`~tram.attacks.budget.find_beta_sequential` for reference), at each ``--levels``
+  count, and the whole perturbation.
 
-Each figure is the fastest of ``--reps`` calls, compiled beforehand.
+Each figure is the fastest of ``--reps`` calls, compiled beforehand, in CPU time of this
+process (``time.process_time``: on a shared machine it is far less disturbed than wall time).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tram.attacks.budget import find_beta, find_beta_sequential
+from tram.attacks.budget import BETA_SEARCH_LEVELS, find_beta, find_beta_sequential
 from tram.attacks.directions import logit_gram, variance_direction
 from tram.attacks.perturb import AttackConfig, make_perturbation
 from tram.envs import make_env
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--method", default="var")
     ap.add_argument("--steps", type=int, default=60, help="acting steps per scan of the pieces")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--levels", default="1,3,5", help="find_beta levels (bisection steps per round) to time")
     args = ap.parse_args()
 
     env = make_env(args.env)
@@ -84,7 +86,7 @@ def main():
     t_att = _fastest_s(roll_att, st.actor_params, key, reps=args.reps)
     longest = int(jnp.max(collect_episodes(env, nets.actor, st.actor_params, key, eps, e)[0].lengths))
     print(f"COMA rollout on {args.env}, {e} envs, one batch (longest episode {longest} steps, mean {steps:.1f}): "
-          f"clean {t_clean * 1e3:.2f} ms, {args.method} {t_att * 1e3:.2f} ms "
+          f"clean {t_clean * 1e3:.2f} CPU ms, {args.method} {t_att * 1e3:.2f} CPU ms "
           f"(x{t_att / t_clean:.2f}; attack adds {(t_att - t_clean) / longest * 1e3:.3f} ms per acting step)")
 
     # ---- the pieces, on random inputs, vmapped over the environments, scanned over steps
@@ -130,8 +132,9 @@ def main():
         "var direction (incl. K)": (
             scanned(lambda kk, l_, av_, q_, h_, x_: variance_direction(kk, ctx_of(l_, av_, q_, h_, x_), logits_fn)),
             (keys, logits, avail, q, hid, x)),
-        "find_beta (vectorised)": (
-            scanned(lambda l_, av_, d_: find_beta(l_, av_, d_, 6.0, att.bsn1, att.bsn2)), (logits, avail, delta)),
+        **{f"find_beta, levels={lv}{' (default)' if lv == BETA_SEARCH_LEVELS else ''}": (
+            scanned(lambda l_, av_, d_, lv=lv: find_beta(l_, av_, d_, 6.0, att.bsn1, att.bsn2, lv)), (logits, avail, delta))
+           for lv in (int(v) for v in args.levels.split(","))},
         "find_beta_sequential (paper's loop)": (
             scanned(lambda l_, av_, d_: find_beta_sequential(l_, av_, d_, 6.0, att.bsn1, att.bsn2)),
             (logits, avail, delta)),
@@ -139,7 +142,7 @@ def main():
             scanned(lambda kk, l_, av_, q_, h_, x_: perturb(kk, ctx_of(l_, av_, q_, h_, x_), logits_fn)),
             (keys, logits, avail, q, hid, x)),
     }
-    print(f"pieces alone, vmapped over {e} envs, {T} steps in a scan (ms per acting step):")
+    print(f"pieces alone, vmapped over {e} envs, {T} steps in a scan (CPU ms per acting step):")
     for name, (fn, xs) in pieces.items():
         print(f"  {name}: {_fastest_s(fn, *xs, reps=args.reps) / T * 1e3:.3f}", flush=True)
 

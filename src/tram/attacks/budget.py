@@ -288,12 +288,17 @@ def find_beta_sequential(
     return lo, kl_lo, ~done
 
 
-BETA_SEARCH_LEVELS = 3
-"""Bisection steps :func:`find_beta` resolves per round: ``2^3 - 1 = 7`` candidate betas
-evaluated at once. On a CPU the candidates are work, not free parallelism: inside COMA's
-rollout (8 environments vmapped, every search saturated at a fresh policy, so 69 bisection
-steps) 5 levels (31 candidates per round) cost about twice the CPU time of 3 levels, which
-matched the step-by-step loop (``python benchmarks/attack_profile.py``)."""
+BETA_SEARCH_LEVELS = 1
+"""Bisection steps :func:`find_beta` resolves per round (``2^levels - 1`` candidate betas
+evaluated at once; 1: the one midpoint of the loop). On a CPU the extra candidates are work,
+not free parallelism. Inside COMA's rollout (8 environments vmapped; every search saturated
+at a fresh policy, so 69 bisection steps) the rollout under the var attack took 11 CPU ms
+per batch with 1 level, 14 with 2, 16-17 with 3, 25-29 with 5 and 10-14 with the
+fixed-length step-by-step loop (clean: 3 ms); alone, ``python benchmarks/attack_profile.py``
+times 0.10 / 0.21 / 0.35 CPU ms per acting step for 1 / 3 / 5 levels. What 1 level keeps from
+the vectorised form: the 55 doubling tests in one evaluation, and a bisection that stops
+after its ``BSN2 + bsn`` steps instead of running the loop's fixed ``BSN1 - 1 + BSN2``.
+A GPU may prefer more levels (pass ``levels``)."""
 
 
 def _midpoint_tree(lo: jax.Array, hi: jax.Array, levels: int) -> jax.Array:
@@ -339,11 +344,11 @@ def find_beta(
       no-ops. Rounds run while steps remain (``ceil((BSN2 + bsn) / levels)``, a
       ``lax.while_loop``).
 
-    Sequential KL evaluations: ``1 + ceil((BSN2 + bsn) / levels)`` (7 for ``bsn = 3`` at
-    the paper's BSN2 = 15 and the default 3 levels; at most 24) instead of ``bsn + 1 +
+    Sequential KL evaluations: ``1 + ceil((BSN2 + bsn) / levels)`` (5 for ``bsn = 3`` at
+    the paper's BSN2 = 15 with 5 levels; 19 with the default 1 level) instead of ``bsn + 1 +
     BSN2 + bsn`` in the loop (``BSN1 + BSN1 - 1 + BSN2 = 124`` in a fixed-length loop), for
     ``BSN1 + (2^levels - 1) * rounds`` evaluations of work (more levels: fewer rounds but
-    more work; see :data:`BETA_SEARCH_LEVELS` for the default). Every decision is the loop's
+    more work; see :data:`BETA_SEARCH_LEVELS` for the default and its measurement). Every decision is the loop's
     decision on the same float32 KL function (:func:`perturbed_kl`), so the result equals
     the loop's; only the vectorised evaluation of the KL may round differently in the
     last bit (tested: equal on random cases, and ``KL <= KL_U`` always, as each returned
