@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tram.experiments.program import make_train
+from tram.experiments.program import make_train, over_seeds
 
 WORK_KEYS = ("critic_timesteps", "target_slots", "actor_slots")
 
@@ -22,19 +22,24 @@ class WindowTiming:
     updates: float
     work: dict[str, float]
     program: object
+    seed_mode: str = "map"
+    total_s: float = 0.0  # make_train, compile, window 0, the warm-up window and the measured windows
+    total_env_steps: float = 0.0  # summed over seeds, all windows
 
     @property
     def steps_per_s(self) -> float:
         return self.env_steps / self.wall_s
 
 
-def time_windows(config, measured_windows: int) -> WindowTiming:
-    """Compiles ``config``'s program, runs window 0 (compile) and window 1 (warm-up: fills
-    the buffers), then times ``measured_windows`` more windows (greedy evaluations included)."""
+def time_windows(config, measured_windows: int, seed_mode: str | None = None) -> WindowTiming:
+    """Compiles ``config``'s program over its seeds in ``seed_mode`` (default: the config's
+    ``run.seed_mode``, what ``tram train`` runs; see ``tram.experiments.program.over_seeds``),
+    runs window 0 (compile) and window 1 (warm-up: fills the buffers), then times
+    ``measured_windows`` more windows (greedy evaluations included)."""
+    t_start = time.perf_counter()
     prog = make_train(config)
     keys = jnp.stack([jax.random.PRNGKey(s) for s in config.run.seeds])
-    init = jax.jit(jax.vmap(prog.init))
-    run_window = jax.jit(jax.vmap(prog.run_window, in_axes=(0, None)))
+    init, run_window = over_seeds(prog, seed_mode or config.run.seed_mode)
     t = time.perf_counter()
     state = init(keys)
     state, m = run_window(state, jnp.int32(0))
@@ -53,5 +58,8 @@ def time_windows(config, measured_windows: int) -> WindowTiming:
             work[k] += float(np.sum(np.asarray(m.work[k])))
         updates += float(np.sum(np.asarray(m.updates)))
     wall = time.perf_counter() - t
+    total = time.perf_counter() - t_start
     return WindowTiming(compile_s=compile_s, wall_s=wall, env_steps=float(np.sum(np.asarray(m.env_steps) - steps0)),
-                        updates=updates, work=work, program=prog)
+                        updates=updates, work=work, program=prog,
+                        total_s=total, total_env_steps=float(np.sum(np.asarray(m.env_steps))),
+                        seed_mode=seed_mode or config.run.seed_mode)

@@ -37,7 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +54,7 @@ from common import time_windows
 from dop_bound import Lengths, measure_bound
 
 from tram.attacks.perturb import AttackConfig
-from tram.config import EnvConfig, RunConfig, TrainConfig
+from tram.config import SEED_MODES, EnvConfig, RunConfig, TrainConfig
 from tram.envs import make_env
 from tram.learners import LEARNER_CONFIGS, coma, dop
 from tram.learners.actor import actor_inputs, floored_policy
@@ -223,7 +227,7 @@ def smax_raw_steps_per_s(env_name: str, num_envs: int, steps: int = 200) -> floa
 
 
 def measure(name: str, env_name: str, seeds: int, windows: int, eval_interval: int, attack: str = "none",
-            flops: bool = True) -> dict:
+            flops: bool = True, seed_mode: str | None = None) -> dict:
     """Times ``windows`` evaluation windows of learner ``name`` (``attack``: a TRAM method or
     ``none``). Returns the rates, the work counters' per-seed means per iteration and (with
     ``flops``) the FLOP count and utilisation inputs."""
@@ -232,11 +236,13 @@ def measure(name: str, env_name: str, seeds: int, windows: int, eval_interval: i
     config = TrainConfig(env=EnvConfig(env_name), learner=cfg, attack=att,
                          run=RunConfig(steps=eval_interval * (windows + 1), seeds=tuple(range(seeds)),
                                        eval_interval=eval_interval))
-    tm = time_windows(config, windows)
+    tm = time_windows(config, windows, seed_mode)
     per_iter = lambda x: x / max(tm.updates, 1.0)
     out = {
         "learner": name, "attack": attack, "env": env_name, "seeds": seeds, "num_envs": cfg.num_envs,
-        "env_steps_per_s": tm.steps_per_s, "compile_s": tm.compile_s, "wall_s": tm.wall_s,
+        "seed_mode": tm.seed_mode, "env_steps_per_s": tm.steps_per_s, "compile_s": tm.compile_s,
+        "wall_s": tm.wall_s, "total_s": tm.total_s, "total_env_steps": tm.total_env_steps,
+        "rate_with_compile": tm.total_env_steps / tm.total_s,
         "updates": tm.updates, "env_steps_per_iter": per_iter(tm.env_steps),
         "mean_critic_timesteps": per_iter(tm.work["critic_timesteps"]),
         "mean_target_slots": per_iter(tm.work["target_slots"]),
@@ -263,10 +269,12 @@ def dop_bound(r: dict, reps: int, breakdown: bool) -> dict:
 PRESET = Path(__file__).resolve().parent.parent / "src" / "tram" / "presets" / "throughput.json"
 
 
-def write_preset(env_name: str, results: list[dict]) -> None:
-    """Saves the clean rates (env steps/s summed over 5 seeds) and each attack's cost per env
-    step relative to clean to ``presets/throughput.json``, which `tram reproduce --dry-run`
-    reads. Learners not measured in this run keep their previous entries."""
+def write_preset(env_name: str, results: list[dict], seed_mode: str, load_start: tuple[float, ...]) -> None:
+    """Saves the clean rates (env steps/s summed over 5 seeds run in ``seed_mode``) and each
+    attack's cost per env step relative to clean to ``presets/throughput.json``, which `tram
+    reproduce --dry-run` reads. Learners not measured in this run keep their previous entries.
+    ``measured_by`` records the command, the seed mode, the date and the machine's load
+    average (``os.getloadavg``) at the start (``load_start``) and at the end of the run."""
     spec = make_env(env_name).spec
     old = json.loads(PRESET.read_text()) if PRESET.exists() else {}
     rates = dict(old.get("steps_per_s", {}))
@@ -282,11 +290,55 @@ def write_preset(env_name: str, results: list[dict]) -> None:
         "attack_cost": costs,
         "reference_env": {"name": env_name, "num_agents": spec.num_agents, "obs_dim": spec.obs_dim,
                           "state_dim": spec.state_dim},
-        "measured_by": ("python benchmarks/train_throughput.py --write-preset: training env steps/s summed over "
-                        "5 vmapped seeds, clean; attack_cost = time per env step under the attack / clean"),
+        "seed_mode": seed_mode,
+        "measured_by": (f"python benchmarks/train_throughput.py --write-preset --seed-mode {seed_mode}, "
+                        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: training env steps/s summed over 5 "
+                        f"seeds (run.seed_mode={seed_mode}), clean, steady state after a warm-up window; attack_cost = "
+                        f"time per env step under the attack / clean, same run. Machine: {os.cpu_count()} cores, "
+                        f"load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load_start)} at the start, "
+                        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end: "
+                        f"other processes shared the cores, so the absolute rates are low; the ratios are same-run"),
     }
     PRESET.write_text(json.dumps(preset, indent=2) + "\n")
     print(f"wrote {PRESET}")
+
+
+QMIX_BASELINE = 379.0  # issue 12: QMIX on 3m, 5 seeds, env steps/s before the speed-ups
+GOALS = {"dop_bound_ratio": 0.6, "qmix_vs_baseline": 2.0, "coma_var_cost": 1.3}
+
+
+def _worker_args(args) -> list[str]:
+    """The measurement flags handed to each worker subprocess."""
+    return ["--env", args.env, "--seeds", str(args.seeds), "--windows", str(args.windows),
+            "--eval-interval", str(args.eval_interval), "--bound-reps", str(args.bound_reps),
+            "--seed-mode", args.seed_mode] + (["--no-flops"] if args.no_flops else []) + (
+            ["--quick"] if args.quick else [])
+
+
+def _in_subprocess(args, job: str, extra: list[str] | None = None) -> dict:
+    """Runs one measurement (``job``: ``LEARNER:ATTACK`` or ``bound``) in a fresh Python
+    process, so that each learner's compiled programs and buffers are freed before the next
+    (all in one process ran out of memory). Returns the worker's JSON result."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "result.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", job, "--worker-out", str(out)]
+        subprocess.run(cmd + _worker_args(args) + (extra or []), check=True)
+        return json.loads(out.read_text())
+
+
+def _worker(args) -> None:
+    """The ``--worker`` entry point: one measurement, written as JSON to ``--worker-out``."""
+    if args.worker == "bound":
+        r = json.loads(args.worker_dop)
+        b = dop_bound(r, args.bound_reps, breakdown=not args.quick)
+        b["lengths"] = vars(b["lengths"])
+    else:
+        name, attack = args.worker.split(":")
+        b = measure(name, args.env, args.seeds, args.windows, args.eval_interval, attack,
+                    flops=not args.no_flops and attack == "none", seed_mode=args.seed_mode)
+        if not args.no_flops and attack == "none":
+            b["matmul_peak"] = matmul_peak()
+    Path(args.worker_out).write_text(json.dumps(b))
 
 
 def main():
@@ -296,6 +348,8 @@ def main():
                     help="TRAM methods timed against clean for DOP and COMA (comma list; '' for none)")
     ap.add_argument("--env", default="3m")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seed-mode", default=RunConfig().seed_mode, choices=list(SEED_MODES),
+                    help="how the seeds run (run.seed_mode; default: the default of `tram train`)")
     ap.add_argument("--windows", type=int, default=1, help="measured evaluation windows (after one warm-up window)")
     ap.add_argument("--eval-interval", type=int, default=5000, help="env steps per seed per window")
     ap.add_argument("--bound-reps", type=int, default=5, help="timed calls of each sketch program")
@@ -306,30 +360,35 @@ def main():
     ap.add_argument("--write-preset", action="store_true",
                     help="save the measured rates to src/tram/presets/throughput.json (used by `tram reproduce`); "
                          "needs --seeds 5; learners not run keep their entries")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-dop", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        args.windows, args.eval_interval, args.bound_reps = 1, 2000, 3
+    if args.worker:
+        return _worker(args)
     learners = [x for x in args.learners.split(",") if x]
     attacks = [x for x in args.attacks.split(",") if x]
     if args.write_preset and args.seeds != 5:
-        ap.error(f"--write-preset needs --seeds 5 (the preset holds rates for 5 vmapped seeds), got {args.seeds}")
-    if args.quick:
-        args.windows, args.eval_interval, args.bound_reps = 1, 2000, 3
-    peak = None if args.no_flops else matmul_peak()
-    if peak:
-        print(f"matmul peak on this machine: {peak / 1e9:.1f} GFLOP/s (float32, best of 3 shapes)")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.env}, {args.seeds} seeds vmapped, "
-          f"{args.windows} measured window(s) of {args.eval_interval} env steps per seed after a warm-up window",
-          flush=True)
+        ap.error(f"--write-preset needs --seeds 5 (the preset holds rates for 5 seeds), got {args.seeds}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {args.env}, {args.seeds} seeds, "
+          f"seed_mode={args.seed_mode}, {args.windows} measured window(s) of {args.eval_interval} env steps per "
+          f"seed after a warm-up window; each measurement in its own process; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    load_start = os.getloadavg()
     results = []
     for name in learners:
         runs = ["none"] + ([a for a in attacks] if name in ("dop", "coma") else [])
         for attack in runs:
-            r = measure(name, args.env, args.seeds, args.windows, args.eval_interval, attack,
-                        flops=peak is not None and attack == "none")
+            r = _in_subprocess(args, f"{name}:{attack}")
             results.append(r)
             print(f"{name}{'' if attack == 'none' else ' + ' + attack}: {r['env_steps_per_s']:,.0f} env steps/s "
-                  f"(compile {r['compile_s']:.0f} s); per seed and iteration: {r['env_steps_per_iter']:.1f} env steps, "
-                  f"{r['mean_critic_timesteps']:.1f} critic timesteps, {r['mean_target_slots']:.1f} target slots, "
-                  f"{r['mean_actor_slots']:.1f} actor slots", flush=True)
+                  f"steady; {r['total_s']:.0f} s wall in all for {r['total_env_steps']:,.0f} env steps "
+                  f"({r['rate_with_compile']:,.0f} env steps/s with compile {r['compile_s']:.0f} s); per seed and "
+                  f"iteration: {r['env_steps_per_iter']:.1f} env steps, {r['mean_critic_timesteps']:.1f} critic "
+                  f"timesteps, {r['mean_target_slots']:.1f} target slots, {r['mean_actor_slots']:.1f} actor slots",
+                  flush=True)
             if "units" in r:
                 u = r["units"]
                 print(f"  FLOPs: critic step {u['critic_step'] / 1e6:.1f} MFLOP (XLA) vs "
@@ -338,29 +397,48 @@ def main():
     clean = {r["learner"]: r for r in results if r["attack"] == "none"}
     bound = None
     if "dop" in clean and not args.no_bound:
-        bound = dop_bound(clean["dop"], args.bound_reps, breakdown=not args.quick)
+        bound = _in_subprocess(args, "bound", ["--worker-dop", json.dumps(clean["dop"])])
         L = bound["lengths"]
         parts = ", ".join(f"{k} {v * 1e3:.0f}" for k, v in bound["parts"].items())
-        print(f"DOP sketch at T_act {L.act}, T_target {L.target}, T_critic {L.critic}, T_actor {L.actor} "
-              f"(tram's per-seed means, rounded), {args.seeds} seeds: {bound['iteration_s'] * 1e3:.0f} ms per "
-              f"iteration + {bound['evaluation_s'] * 1e3:.0f} ms per evaluation (compile {bound['compile_s']:.0f} s)"
-              + (f"; alone (ms): {parts}" if parts else ""), flush=True)
+        print(f"DOP sketch at T_act {L['act']}, T_target {L['target']}, T_critic {L['critic']}, T_actor "
+              f"{L['actor']} (tram's per-seed means, rounded), {args.seeds} seeds vmapped: "
+              f"{bound['iteration_s'] * 1e3:.0f} ms per iteration + {bound['evaluation_s'] * 1e3:.0f} ms per "
+              f"evaluation (compile {bound['compile_s']:.0f} s)" + (f"; alone (ms): {parts}" if parts else ""),
+              flush=True)
 
     rows = []
     for r in results:
         c = clean.get(r["learner"])
         vs_clean = f"{c['env_steps_per_s'] / r['env_steps_per_s']:.2f}" if c and r["attack"] != "none" else ""
         b = bound["bound_steps_per_s"] if bound and r["learner"] == "dop" and r["attack"] == "none" else None
+        peak = r.get("matmul_peak")
         util = f"{r['flops_per_s'] / peak:.2f}" if peak and "flops_per_s" in r else ""
-        rows.append([r["learner"], r["attack"], r["num_envs"], f"{r['env_steps_per_s']:,.0f}", vs_clean,
+        rows.append([r["learner"], r["attack"], r["num_envs"], f"{r['env_steps_per_s']:,.0f}",
+                     f"{r['rate_with_compile']:,.0f}", f"{r['total_s']:.0f}", vs_clean,
                      f"{b:,.0f}" if b else "", f"{r['env_steps_per_s'] / b:.2f}" if b else "",
                      f"{r['compile_s']:.0f}", f"{r['peak_rss_gib']:.1f}",
                      f"{r['flops_per_iter'] / 1e9:.2f}" if "flops_per_iter" in r else "", util])
     print(tabulate(rows, headers=["learner", "attack", "envs/seed", f"env steps/s ({args.seeds} seeds)",
-                                  "time/step vs clean", "bound env steps/s", "tram / bound", "compile s",
-                                  "peak RSS GiB", "GFLOP per update (one seed)", "utilisation"]))
+                                  "with compile", "wall s", "time/step vs clean", "bound env steps/s",
+                                  "tram / bound", "compile s", "peak RSS GiB", "GFLOP per update (one seed)",
+                                  "utilisation"]))
+    goals = []
+    if bound and "dop" in clean:
+        goals.append(f"DOP tram/bound {clean['dop']['env_steps_per_s'] / bound['bound_steps_per_s']:.2f} "
+                     f"(goal >= {GOALS['dop_bound_ratio']})")
+    if "qmix" in clean:
+        goals.append(f"QMIX {clean['qmix']['env_steps_per_s']:,.0f} env steps/s = "
+                     f"{clean['qmix']['env_steps_per_s'] / QMIX_BASELINE:.2f}x the issue's {QMIX_BASELINE:.0f} "
+                     f"(goal >= {GOALS['qmix_vs_baseline']}x)")
+    for r in results:
+        if r["learner"] == "coma" and r["attack"] != "none" and "coma" in clean:
+            goals.append(f"COMA {r['attack']} / clean time per env step "
+                         f"{clean['coma']['env_steps_per_s'] / r['env_steps_per_s']:.2f} "
+                         f"(goal <= {GOALS['coma_var_cost']})")
+    if goals:
+        print("goals (same-run ratios): " + "; ".join(goals))
     if args.write_preset:
-        write_preset(args.env, results)
+        write_preset(args.env, results, args.seed_mode, load_start)
     dop_r = clean.get("dop")
     if dop_r is not None:
         raw = smax_raw_steps_per_s(args.env, dop_r["num_envs"] * dop_r["seeds"])

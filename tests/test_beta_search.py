@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tram.attacks.budget import find_beta, find_beta_sequential, masked_softmax, perturbed_kl
+from tram.attacks.budget import BETA_SEARCH_LEVELS, find_beta, find_beta_sequential, masked_softmax, perturbed_kl
 
 A = 6
 HYP = settings(max_examples=60, deadline=None, derandomize=True)
@@ -75,7 +75,7 @@ def search_case(draw):
     return logits, avail, d.astype(np.float32), np.float32(kl_u)
 
 
-def _check(case, bsn1=55, bsn2=15, levels=5):
+def _check(case, bsn1=55, bsn2=15, levels=BETA_SEARCH_LEVELS):
     logits, avail, d, kl_u = case
     beta, kl_at, sat = fast(logits, avail, d, kl_u, bsn1, bsn2, levels)
     beta_l, kl_l, sat_l = loop(logits, avail, d, kl_u, bsn1, bsn2)

@@ -471,8 +471,8 @@ def _duration(seconds: float) -> str:
 
 def _estimate_seconds(configs) -> float:
     """Wall-time estimate from throughput measured here by ``benchmarks/train_throughput.py``
-    (``presets/throughput.json``: training env steps/s summed over 5 vmapped seeds on 3m, per
-    learner; ``attack_cost``: time per env step under an attack relative to clean, per learner
+    (``presets/throughput.json``: training env steps/s summed over 5 seeds on 3m in the preset's
+    ``seed_mode``, per learner; ``attack_cost``: time per env step under an attack relative to clean, per learner
     and method, a measured learner's largest cost standing in for its unmeasured methods).
     Other maps are scaled by the critic's work, which grows with agents x (observation +
     state) features. A rough guide, not a promise."""

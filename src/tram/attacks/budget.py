@@ -288,9 +288,17 @@ def find_beta_sequential(
     return lo, kl_lo, ~done
 
 
-BETA_SEARCH_LEVELS = 5
-"""Bisection steps :func:`find_beta` resolves per round: ``2^5 - 1 = 31`` candidate betas
-evaluated at once."""
+BETA_SEARCH_LEVELS = 1
+"""Bisection steps :func:`find_beta` resolves per round (``2^levels - 1`` candidate betas
+evaluated at once; 1: the one midpoint of the loop). On a CPU the extra candidates are work,
+not free parallelism. Inside COMA's rollout (8 environments vmapped; every search saturated
+at a fresh policy, so 69 bisection steps) the rollout under the var attack took 11 CPU ms
+per batch with 1 level, 14 with 2, 16-17 with 3, 25-29 with 5 and 10-14 with the
+fixed-length step-by-step loop (clean: 3 ms); alone, ``python benchmarks/attack_profile.py``
+times 0.10 / 0.21 / 0.35 CPU ms per acting step for 1 / 3 / 5 levels. What 1 level keeps from
+the vectorised form: the 55 doubling tests in one evaluation, and a bisection that stops
+after its ``BSN2 + bsn`` steps instead of running the loop's fixed ``BSN1 - 1 + BSN2``.
+A GPU may prefer more levels (pass ``levels``)."""
 
 
 def _midpoint_tree(lo: jax.Array, hi: jax.Array, levels: int) -> jax.Array:
@@ -302,6 +310,12 @@ def _midpoint_tree(lo: jax.Array, hi: jax.Array, levels: int) -> jax.Array:
         mids = (pts[:-1] + pts[1:]) / 2.0
         pts = jnp.concatenate([jnp.stack([pts[:-1], mids], axis=1).reshape(-1), pts[-1:]])
     return pts
+
+
+def _pick(values: jax.Array, index: jax.Array) -> jax.Array:
+    """``values[index]`` as a masked sum (exact: one nonzero term), which stays a fused
+    elementwise reduction under ``vmap`` instead of a batched gather."""
+    return jnp.sum(jnp.where(jnp.arange(values.shape[0]) == index, values, jnp.zeros_like(values)))
 
 
 def find_beta(
@@ -331,9 +345,10 @@ def find_beta(
       ``lax.while_loop``).
 
     Sequential KL evaluations: ``1 + ceil((BSN2 + bsn) / levels)`` (5 for ``bsn = 3`` at
-    the paper's BSN2 = 15; at most 15) instead of ``bsn + 1 + BSN2 + bsn`` in the loop
-    (``BSN1 + BSN1 - 1 + BSN2 = 124`` in a fixed-length loop), for
-    ``BSN1 + (2^levels - 1) * rounds`` evaluations of work. Every decision is the loop's
+    the paper's BSN2 = 15 with 5 levels; 19 with the default 1 level) instead of ``bsn + 1 +
+    BSN2 + bsn`` in the loop (``BSN1 + BSN1 - 1 + BSN2 = 124`` in a fixed-length loop), for
+    ``BSN1 + (2^levels - 1) * rounds`` evaluations of work (more levels: fewer rounds but
+    more work; see :data:`BETA_SEARCH_LEVELS` for the default and its measurement). Every decision is the loop's
     decision on the same float32 KL function (:func:`perturbed_kl`), so the result equals
     the loop's; only the vectorised evaluation of the KL may round differently in the
     last bit (tested: equal on random cases, and ``KL <= KL_U`` always, as each returned
@@ -373,12 +388,13 @@ def find_beta(
         for s in range(levels):
             active = k * levels + s < steps
             i_m = (i_lo + i_hi) // 2
-            over_m = kls[i_m] > kl_u
+            kl_m = _pick(kls, i_m)
+            over_m = kl_m > kl_u
             i_hi = jnp.where(active & over_m, i_m, i_hi)
             keep = active & ~over_m
             i_lo = jnp.where(keep, i_m, i_lo)
-            kl_lo = jnp.where(keep, kls[i_m], kl_lo)
-        return k + 1, pts[i_lo], pts[i_hi], kl_lo
+            kl_lo = jnp.where(keep, kl_m, kl_lo)
+        return k + 1, _pick(pts, i_lo), _pick(pts, i_hi), kl_lo
 
     init = (jnp.int32(0), jnp.float32(0.0), r, jnp.float32(0.0))
     _, lo, _, kl_lo = lax.while_loop(lambda c: c[0] * levels < steps, one_round, init)
