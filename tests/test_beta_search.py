@@ -18,7 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tram.attacks.budget import BETA_SEARCH_LEVELS, find_beta, find_beta_sequential, masked_softmax, perturbed_kl
+from tram.attacks.budget import (
+    BETA_SEARCH_LEVELS, find_beta, find_beta_sequential, masked_softmax, perturbed_kl, saturated_beta,
+)
 
 A = 6
 HYP = settings(max_examples=60, deadline=None, derandomize=True)
@@ -114,6 +116,9 @@ def test_saturation_and_fallback_cases_are_hit():
     assert _check((logits, avail, d, np.float32(sat_kl + 1.0)))
     beta = fast(logits, avail, d, np.float32(sat_kl + 1.0), 55, 15, 5)[0]
     assert float(beta) > 2.0 ** 54
+    # the closed form of the saturated search (no bisection step runs) is the loop's result
+    assert bits(beta) == bits(np.float32(saturated_beta(55, 15)))
+    assert bits(loop(logits, avail, d, np.float32(sat_kl + 1.0), 55, 15)[0]) == bits(np.float32(saturated_beta(55, 15)))
     assert not _check((logits, avail, d, np.float32(sat_kl - 0.5)))
     assert _check((logits, avail, np.zeros(A, np.float32), np.float32(1.0)))  # zero direction
     one = np.zeros(A, bool)

@@ -312,6 +312,23 @@ def _midpoint_tree(lo: jax.Array, hi: jax.Array, levels: int) -> jax.Array:
     return pts
 
 
+SATURATION_SHORTCUT_MIN_BSN1 = 40
+"""Smallest ``BSN1`` for which :func:`find_beta` takes the saturated search's result in
+closed form (:func:`saturated_beta`): at ``beta >= 2^39`` any float32 logit offset is lost in
+``beta * delta`` and every non-argmax probability underflows to 0, so ``pi'`` and the KL no
+longer change with ``beta``."""
+
+
+def saturated_beta(bsn1: int, bsn2: int) -> float:
+    """The ``beta`` Algorithm 1 returns when the doubling never exceeds ``KL_U`` and no
+    bisection step does either: ``BSN2 + BSN1 - 1`` float32 midpoints of ``[l, 2^BSN1]``
+    from ``l = 0``, each kept (``l = (l + r) / 2`` in float32, as the loop computes it)."""
+    lo, hi = np.float32(0.0), np.float32(2.0) ** np.float32(bsn1)
+    for _ in range(bsn2 + bsn1 - 1):
+        lo = np.float32((lo + hi) / np.float32(2.0))
+    return float(lo)
+
+
 def _pick(values: jax.Array, index: jax.Array) -> jax.Array:
     """``values[index]`` as a masked sum (exact: one nonzero term), which stays a fused
     elementwise reduction under ``vmap`` instead of a batched gather."""
@@ -370,12 +387,23 @@ def find_beta(
     kl_many = jax.vmap(lambda b: _kl_along(line, b))
 
     # Doubling, lines 2-10: r = 2^i at step i (exact in float32).
-    powers = jnp.asarray(np.float32(2.0) ** np.arange(bsn1 + 1, dtype=np.float32))
-    over = kl_many(powers[:bsn1]) > kl_u
+    powers_np = np.float32(2.0) ** np.arange(bsn1 + 1, dtype=np.float32)
+    shortcut_ok = bsn1 >= SATURATION_SHORTCUT_MIN_BSN1
+    beta_sat = np.float32(saturated_beta(bsn1, bsn2)) if shortcut_ok else np.float32(0.0)
+    tested = np.concatenate([powers_np[:bsn1], [beta_sat]]) if shortcut_ok else powers_np[:bsn1]
+    kls = kl_many(jnp.asarray(tested))
+    over = kls[:bsn1] > kl_u
     done = jnp.any(over)
     bsn = jnp.where(done, jnp.argmax(over), bsn1 - 1).astype(jnp.int32)
+    powers = jnp.asarray(powers_np)
     r = jnp.where(done, powers[bsn], powers[bsn1])
-    steps = bsn2 + bsn
+    # A saturated search bisects [0, 2^BSN1] for BSN2 + BSN1 - 1 steps, all above 2^(BSN1-1),
+    # where pi' is the uniform policy on argmax delta to float32 precision and the KL is the
+    # one already tested at 2^(BSN1-1) (below KL_U): every step keeps its midpoint, so the
+    # loop's result is the constant saturated_beta(BSN1, BSN2). Taken when the KL there equals
+    # the KL at 2^(BSN1-1) bit for bit; else (and for small BSN1) the bisection runs.
+    shortcut = (~done & (kls[bsn1] == kls[bsn1 - 1])) if shortcut_ok else jnp.array(False)
+    steps = jnp.where(shortcut, 0, bsn2 + bsn)
 
     # Bisection, lines 11-19, in rounds of `levels` steps.
     width = 2 ** levels
@@ -398,6 +426,9 @@ def find_beta(
 
     init = (jnp.int32(0), jnp.float32(0.0), r, jnp.float32(0.0))
     _, lo, _, kl_lo = lax.while_loop(lambda c: c[0] * levels < steps, one_round, init)
+    if shortcut_ok:
+        lo = jnp.where(shortcut, beta_sat, lo)
+        kl_lo = jnp.where(shortcut, kls[bsn1], kl_lo)
     return lo, kl_lo, ~done
 
 
