@@ -522,6 +522,7 @@ def test_qmix_wins_3m():
     assert np.all(won >= 0.8), f"QMIX on 3m: final test win rate {won}"
 
 
+@pytest.mark.slow  # test_fig1_branch_starts_from_the_clean_runs_kept_state covers the branch in the default run
 def test_fig1_branches_share_the_clean_run_until_the_attack_starts():
     # `tram reproduce fig1` runs clean, test-only and train+test worst-Q attacks as three runs:
     # they must equal the clean run bit for bit before attack_start (so they are branches of

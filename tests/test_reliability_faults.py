@@ -174,8 +174,12 @@ def test_ctrl_c_under_a_terminal(reference, tmp_path):
     master, slave = os.openpty()
     env = {**ENV, "TERM": "xterm-256color", "COLUMNS": "120"}
     args = [a for a in ARGS if a != "--no-progress"]
+    # The child must see SIGINT at its default: a parent that ignores it (a pytest-xdist worker,
+    # a background job of a non-interactive shell) passes SIG_IGN on through exec, and Python
+    # then installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(tram_cmd(out, "--checkpoint-every", "1e9", args=args), env=env,
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     chunks: list[bytes] = []
 

@@ -43,7 +43,7 @@ def _run(config, mode):
 @pytest.mark.parametrize("learner", [
     dop.DOPConfig(epsilon_anneal_steps=2000, off_buffer_size=64, buffer_size=32, off_batch_size=16, batch_size=8,
                   rnn_hidden=16, critic_hidden=32, mixing_embed=8),
-    coma.COMAConfig(epsilon_anneal_steps=2000, rnn_hidden=16, critic_hidden=32),
+    pytest.param(coma.COMAConfig(epsilon_anneal_steps=2000, rnn_hidden=16, critic_hidden=32), marks=pytest.mark.slow),
 ], ids=["dop", "coma"])
 def test_seed_modes_agree_per_seed(learner):
     config = _config(learner)

@@ -427,7 +427,8 @@ def test_options_reach_jaxmarl():
 
 @pytest.mark.parametrize(
     "name, policy",
-    [("1c3s5z", charge_policy), ("2s_vs_1sc", charge_policy), ("2s_vs_1sc", kite_policy)],
+    [pytest.param("1c3s5z", charge_policy, marks=pytest.mark.slow), ("2s_vs_1sc", charge_policy),
+     ("2s_vs_1sc", kite_policy)],
 )
 def test_scripted_win_rates_plausible(name, policy):
     _, _, traj_rand = _run(name)

@@ -268,6 +268,7 @@ def test_surrogate_with_fa0_equals_the_clean_run():
     assert np.isfinite(float(state_s.attacker.loss[0]))
 
 
+@pytest.mark.slow  # the J-based and f_A = 0 runs exercise the same program in the default run
 def test_surrogate_var_attack_end_to_end():
     state_c, clean = _clean()
     kl_u = 6.0
