@@ -17,19 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tram.report.collect import collect_runs, final_values
+from tram.report.collect import collect_runs, final_values, last_span_seed_means
 from tram.report.stats import bootstrap_ci
-
-
-def _last_mean(run, metric: str, span: int = 50_000) -> np.ndarray:
-    out = []
-    for seed in run.seeds:
-        rows = run.seed_rows(seed)
-        steps, v = rows["env_steps"], rows[metric]
-        keep = (steps > steps.max() - span) & np.isfinite(v)
-        if keep.any():
-            out.append(float(v[keep].mean()))
-    return np.asarray(out)
 
 
 def _ci(values: np.ndarray) -> str:
@@ -48,7 +37,7 @@ def main(root: str = "results/beyond/runs") -> None:
         finals, lasts = {}, {}
         for k in keys:
             run = store.runs[k]
-            finals[k.method], lasts[k.method] = final_values(run, metric), _last_mean(run, metric)
+            finals[k.method], lasts[k.method] = final_values(run, metric), last_span_seed_means(run, metric, 50_000)
             print(f"  {k.method:<18} {_ci(finals[k.method])} | {_ci(lasts[k.method])}   ({len(run.seeds)} seeds)")
         if "none" not in finals:
             continue

@@ -230,6 +230,20 @@ def finite_seed_means(run: Run, metric: str) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
+def last_span_seed_means(run: Run, metric: str, span: int) -> np.ndarray:
+    """Per seed, the mean of ``metric`` over its evaluations in the last ``span`` env steps
+    (``env_steps > max - span``; NaN rows ignored); seeds with no finite value there are
+    dropped. Returns ``[S']``."""
+    out = []
+    for seed in run.seeds:
+        rows = run.seed_rows(seed)
+        steps, v = rows["env_steps"], rows[metric]
+        keep = (steps > steps.max() - span) & np.isfinite(v)
+        if keep.any():
+            out.append(float(v[keep].mean()))
+    return np.asarray(out)
+
+
 def final_values(run: Run, metric: str) -> np.ndarray:
     """``[S']`` final ``metric`` per seed (:meth:`Run.final`), non-finite values dropped."""
     vals = [run.final(seed, metric) for seed in run.seeds]
