@@ -10,6 +10,11 @@ compiling it again, in this process or in a ``tram`` subprocess.
 The cache must be configured before the first compilation of the process (JAX decides once
 whether the persistent cache is used), so it is done here, at import, not in a fixture.
 
+Every program of the suite is compiled at LLVM level 1, the level tram compiles its training
+programs at (:mod:`tram.experiments.xla_options`: the same run time, faster compilation),
+also the ones tests jit directly: ``XLA_FLAGS`` gets ``--xla_backend_optimization_level=1``
+unless the caller's ``XLA_FLAGS`` names a level (subprocesses inherit it).
+
 ``TRAM_COMPILE_CACHE`` is set to a fresh directory of this session (removed at the end)
 unless the caller set it: CI and a fresh clone start cold, as this suite's timing budget
 assumes, and the tests never write into the user's own cache
@@ -27,6 +32,11 @@ import tempfile
 import pytest
 
 from tram.experiments.compile_cache import COMPILE_CACHE_ENV, enable_compile_cache
+from tram.experiments.xla_options import BACKEND_OPT_LEVEL
+
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_backend_optimization_level={BACKEND_OPT_LEVEL}").strip()
 
 _SESSION_CACHE: str | None = None
 if COMPILE_CACHE_ENV not in os.environ:
@@ -73,8 +83,8 @@ def train_vmapped(env: str, learner, attack, seeds, **run):
 @pytest.fixture(scope="session")
 def gather_dop_clean():
     """WindowMetrics of clean DOP on Gather, seeds 0 and 1, 80k steps, evaluations every 20k
-    (32 greedy episodes): DOP's learning check (tests/test_learning.py) and the baseline of
-    the var attack's effect (tests/test_attack_training.py) in one training."""
+    (32 greedy episodes): the baseline of the var attack's effect (tests/test_attack_training.py,
+    slow)."""
     from tram.attacks.perturb import AttackConfig
 
     return train_vmapped("gather", gather_dop_learner(), AttackConfig(method="none"), GATHER_DOP_SEEDS,

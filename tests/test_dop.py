@@ -191,6 +191,7 @@ def _clean_seed_1():
     return _run(_config(), (1,))[1]
 
 
+@pytest.mark.slow  # reruns load from the cache bit for bit in tests/test_reliability_faults.py
 def test_same_key_same_numbers():
     # a second program built from the same config (traced again; its compilation is loaded
     # from the session's cache) gives the same numbers for the same key
@@ -202,7 +203,10 @@ def test_same_key_same_numbers():
 
 
 # Guards the batched-LAPACK deadlock of docs/jax-cpu.md (a deadlock never ends). 900 s, not
-# less: on a busy 2-core machine compiling one DOP program alone takes minutes.
+# less: on a busy 2-core machine compiling one DOP program alone takes minutes. Slow: the
+# default run's guard is tests/test_seed_modes.py (DOP vmapped over two seeds against each
+# seed alone under ``map``).
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_seed_inside_vmapped_batch_equals_seed_alone():
     alone = _clean_seed_1()
@@ -212,6 +216,7 @@ def test_seed_inside_vmapped_batch_equals_seed_alone():
                                    rtol=1e-5, atol=1e-5, err_msg=f)
 
 
+@pytest.mark.slow  # the default run's identity checks: tests/test_attack_training.py (KL_U = 0), tests/test_surrogate.py (f_A = 0)
 def test_identity_perturbation_equals_no_attack(monkeypatch):
     from tram.types import AttackStepStats
     import tram.attacks.perturb as perturb_mod

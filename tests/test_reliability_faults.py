@@ -358,8 +358,11 @@ class _Killed(BaseException):
     """Stands for SIGKILL inside the process: nothing after it runs, no handler catches it."""
 
 
-@pytest.mark.parametrize("learner,method", [("dop", "none"), ("dop", "random"), ("dop", "jbased"),
-                                            ("dop", "var"), ("qmix", "worst_q")])
+# dop-var (the attack state, loaded from ARGS's compiled program) and qmix-worst_q (the other
+# learner's state) in the default run; the other methods' programs with `pytest -m slow`
+@pytest.mark.parametrize("learner,method", [
+    pytest.param("dop", "none", marks=pytest.mark.slow), pytest.param("dop", "random", marks=pytest.mark.slow),
+    pytest.param("dop", "jbased", marks=pytest.mark.slow), ("dop", "var"), ("qmix", "worst_q")])
 def test_resume_after_kill_equals_uninterrupted_for_every_method(learner, method, tmp_path, monkeypatch):
     """Killed between writing an evaluation's rows and samples and checkpointing it (the
     window in which old tram duplicated attack_samples.npz records on resume; the same holds

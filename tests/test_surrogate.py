@@ -284,7 +284,8 @@ def test_surrogate_var_attack_end_to_end():
     assert len(jax.tree.leaves(state.learner)) == n_learner
 
 
-@pytest.mark.parametrize("method", ["jbased", "combined"])
+# combined with `pytest -m slow` (tests/test_attack_combined.py trains it in the default run)
+@pytest.mark.parametrize("method", ["jbased", pytest.param("combined", marks=pytest.mark.slow)])
 def test_surrogate_jbased_uses_its_own_gradient_estimate(method):
     """J-based and combined read the last policy gradient: the attacker's own estimate."""
     state, m = _run(AttackConfig(method=method, f_a=1.0, kl_u=6.0, critic="surrogate"))

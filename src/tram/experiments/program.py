@@ -57,6 +57,7 @@ from tram.config import SEED_MODES
 from tram.envs import make_env
 from tram.envs.base import TramEnv
 from tram.detect.score import DetectionRing
+from tram.experiments.xla_options import compiler_options
 from tram.learners import learner_record
 from tram.learners.actor import epsilon_at, floored_policy
 from tram.learners.episodes import EpisodeBuffer
@@ -500,16 +501,20 @@ def over_seeds(program: TrainProgram, mode: str = "vmap") -> tuple[Callable, Cal
     leading seed axis ``S``) and ``run_window(states, until_env_steps) -> (states,
     WindowMetrics)`` (leaves ``[S, ...]``). ``vmap`` batches the seeds (every data-dependent
     loop runs to the slowest seed); ``map`` runs them one after the other in one program
-    (each loop to its own seed's length). See the module docstring.
+    (each loop to its own seed's length). See the module docstring. Both are compiled with
+    :func:`tram.experiments.xla_options.compiler_options` (LLVM level 1).
 
     Raises:
         ValueError: ``mode`` is not one of :data:`SEED_MODES`.
     """
+    options = compiler_options()  # LLVM level 1: same run time, faster compilation (xla_options)
     if mode == "vmap":
-        return jax.jit(jax.vmap(program.init)), jax.jit(jax.vmap(program.run_window, in_axes=(0, None)))
+        return (jax.jit(jax.vmap(program.init), compiler_options=options),
+                jax.jit(jax.vmap(program.run_window, in_axes=(0, None)), compiler_options=options))
     if mode == "map":
         def run_window(states, until_env_steps):
             return jax.lax.map(lambda s: program.run_window(s, until_env_steps), states)
 
-        return jax.jit(lambda keys: jax.lax.map(program.init, keys)), jax.jit(run_window)
+        return (jax.jit(lambda keys: jax.lax.map(program.init, keys), compiler_options=options),
+                jax.jit(run_window, compiler_options=options))
     raise ValueError(f"run.seed_mode: {mode!r} is not accepted; accepted: {', '.join(SEED_MODES)}")
