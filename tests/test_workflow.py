@@ -166,8 +166,17 @@ def test_smax_run_with_unequal_episode_lengths_is_reported(tmp_path):
 
 
 def test_reproduce_dry_run_prints_the_plan():
+    """In-process (typer's CliRunner: the console script's start-up is tested in
+    tests/test_reliability_inputs.py); ``stdout``/``stderr``/``returncode`` as a subprocess."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from tram.cli import app
+
     def run(*args):
-        return subprocess.run(_tram("reproduce", *args), capture_output=True, text=True, timeout=300)
+        r = CliRunner().invoke(app, ["reproduce", *args])
+        return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
     res = run("paper", "--maps", "3m", "--seeds", "2", "--steps", "1e5", "--dry-run")
     assert res.returncode == 0, res.stderr
