@@ -29,43 +29,12 @@ from tram.attacks import (
     variance_direction,
 )
 from tram.attacks.directions import advance_hidden_tangent
-from tram.types import ActingContext
 
-A, H, I = 5, 4, 3  # actions, hidden units, input features of the tiny nets
-
+from tiny_actors import A, H, I, gru_init, gru_logits, gru_step, make_ctx, mlp_init, mlp_logits, tree_like
 
 # ---------------------------------------------------------------------------------------
-# Tiny actors (plain jnp) and helpers.
+# Helpers (the tiny actors are in tests/tiny_actors.py).
 # ---------------------------------------------------------------------------------------
-
-
-def mlp_init(key):
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    return {"w1": jax.random.normal(k1, (I, H)), "b1": 0.1 * jax.random.normal(k2, (H,)),
-            "w2": jax.random.normal(k3, (H, A)), "b2": 0.1 * jax.random.normal(k4, (A,))}
-
-
-def mlp_logits(params, hidden, x):
-    del hidden
-    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def gru_init(key):
-    ks = jax.random.split(key, 5)
-    return {"wx": 0.8 * jax.random.normal(ks[0], (I, 2 * H)), "wh": 0.8 * jax.random.normal(ks[1], (H, 2 * H)),
-            "b": 0.1 * jax.random.normal(ks[2], (2 * H,)), "wo": jax.random.normal(ks[3], (H, A)),
-            "bo": 0.1 * jax.random.normal(ks[4], (A,))}
-
-
-def gru_step(params, h, x):
-    pre = x @ params["wx"] + h @ params["wh"] + params["b"]
-    z = jax.nn.sigmoid(pre[:H])
-    h_new = (1.0 - z) * h + z * jnp.tanh(pre[H:])
-    return h_new @ params["wo"] + params["bo"], h_new
-
-
-def gru_logits(params, h, x):
-    return gru_step(params, h, x)[0]
 
 
 class GRUWithStep:
@@ -76,21 +45,6 @@ class GRUWithStep:
 
     def step(self, params, h, x):
         return gru_step(params, h, x)
-
-
-def tree_like(key, params, scale=1.0):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
-
-
-def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0, hidden_tangent=None):
-    return ActingContext(
-        logits=jnp.asarray(logits, jnp.float32), avail=jnp.asarray(avail, bool), q_values=jnp.asarray(q, jnp.float32),
-        mix_weight=jnp.float32(mix), actor_params=params, actor_hidden=jnp.asarray(hidden, jnp.float32),
-        actor_input=jnp.asarray(x, jnp.float32), prev_actor_grad=prev_grad, has_prev_grad=jnp.array(has_prev),
-        epsilon=jnp.float32(0.05),
-        hidden_tangent=None if hidden_tangent is None else jnp.asarray(hidden_tangent, jnp.float32))
 
 
 def per_action_grads(log_pi_fn, params, avail):

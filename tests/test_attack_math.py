@@ -6,6 +6,8 @@ one-step recurrent approximation) and the per-environment perturbation.
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import chex
@@ -45,8 +47,9 @@ from tram.attacks import (
 )
 from tram.types import ActingContext, AttackStepStats
 
-A = 5  # actions in every randomised test (one jit shape)
-H, I = 4, 3  # tiny nets: hidden units, input features
+import tiny_actors
+from tiny_actors import A, H, I, gru_init, gru_logits, gru_step, mlp_init, mlp_logits, tree_like
+
 HYP = settings(max_examples=40, deadline=None, derandomize=True)
 
 find_beta_jit = jax.jit(find_beta, static_argnums=(4, 5))
@@ -56,43 +59,6 @@ perturbed_kl_jit = jax.jit(perturbed_kl)
 # ---------------------------------------------------------------------------------------
 # Tiny networks in plain jnp.
 # ---------------------------------------------------------------------------------------
-
-
-def mlp_init(key, num_actions=A):
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    return {"w1": jax.random.normal(k1, (I, H)), "b1": 0.1 * jax.random.normal(k2, (H,)),
-            "w2": jax.random.normal(k3, (H, num_actions)), "b2": 0.1 * jax.random.normal(k4, (num_actions,))}
-
-
-def mlp_logits(params, hidden, x):
-    """A feed-forward actor: ``hidden`` is ignored."""
-    del hidden
-    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def gru_init(key, num_actions=A):
-    ks = jax.random.split(key, 6)
-    return {"wx": jax.random.normal(ks[0], (I, 2 * H)) * 0.8, "wh": jax.random.normal(ks[1], (H, 2 * H)) * 0.8,
-            "b": 0.1 * jax.random.normal(ks[2], (2 * H,)), "wo": jax.random.normal(ks[3], (H, num_actions)),
-            "bo": 0.1 * jax.random.normal(ks[4], (num_actions,))}
-
-
-def gru_step(params, h, x):
-    """A GRU-like cell ``h' = (1 - z) h + z tanh(.)`` followed by a linear head."""
-    pre = x @ params["wx"] + h @ params["wh"] + params["b"]
-    z = jax.nn.sigmoid(pre[:H])
-    h_new = (1.0 - z) * h + z * jnp.tanh(pre[H:])
-    return h_new @ params["wo"] + params["bo"], h_new
-
-
-def gru_logits(params, h, x):
-    return gru_step(params, h, x)[0]
-
-
-def tree_like(key, params, scale=1.0):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
 
 
 def tree_dot_rows(per_action, tangent):
@@ -118,12 +84,8 @@ def random_case(rng, num_actions=A, scale=None, min_avail=1):
 HIDDEN_TANGENT = np.linspace(-0.5, 0.5, H).astype(np.float32)  # a carried d h / d theta . g_prev
 
 
-def make_ctx(logits, avail, q, params, hidden, x, prev_grad, has_prev=True, mix=1.0, hidden_tangent=HIDDEN_TANGENT):
-    return ActingContext(
-        logits=jnp.asarray(logits, jnp.float32), avail=jnp.asarray(avail, bool), q_values=jnp.asarray(q, jnp.float32),
-        mix_weight=jnp.float32(mix), actor_params=params, actor_hidden=jnp.asarray(hidden, jnp.float32),
-        actor_input=jnp.asarray(x, jnp.float32), prev_actor_grad=prev_grad, has_prev_grad=jnp.array(has_prev),
-        epsilon=jnp.float32(0.05), hidden_tangent=jnp.asarray(hidden_tangent, jnp.float32))
+# the acting context of tests/tiny_actors.py with a carried hidden tangent by default
+make_ctx = functools.partial(tiny_actors.make_ctx, hidden_tangent=HIDDEN_TANGENT)
 
 
 def bits(x):
