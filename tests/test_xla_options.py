@@ -9,6 +9,8 @@ def test_level_one_unless_the_user_names_a_level(monkeypatch):
     assert compiler_options() == {"xla_backend_optimization_level": 1}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
     assert compiler_options() == {"xla_backend_optimization_level": 1}
+    assert compiler_options("gpu") == {}  # measured on XLA:CPU only
+    assert compiler_options("cpu") == {"xla_backend_optimization_level": 1}
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
     assert compiler_options() == {}
 

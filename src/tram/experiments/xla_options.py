@@ -27,12 +27,15 @@ The level is an execution setting, not part of a run's identity: it changes no o
 the program, only how LLVM schedules and vectorises XLA's generated loops (which may round
 differently in the last bit; every equality the tests assert holds within one level). Set
 the level yourself with ``XLA_FLAGS=--xla_backend_optimization_level=N``: when ``XLA_FLAGS``
-names the level, tram passes no option and yours applies.
+names the level, tram passes no option and yours applies. On another backend (a GPU) tram
+passes no option either: the measurements above are of XLA:CPU, and none was made on a GPU.
 """
 
 from __future__ import annotations
 
 import os
+
+import jax
 
 BACKEND_OPT_LEVEL = 1
 """LLVM optimisation level of tram's training programs (XLA's default is 2); see the module."""
@@ -40,10 +43,13 @@ BACKEND_OPT_LEVEL = 1
 _LEVEL_FLAG = "xla_backend_optimization_level"
 
 
-def compiler_options() -> dict[str, int]:
-    """The ``compiler_options`` for ``jax.jit`` of a training program: ``{"xla_backend_
-    optimization_level": 1}``, or ``{}`` when ``XLA_FLAGS`` already sets that level (the
-    user's choice applies)."""
+def compiler_options(backend: str | None = None) -> dict[str, int]:
+    """The ``compiler_options`` for ``jax.jit`` of a training program on ``backend`` (default:
+    JAX's default backend): ``{"xla_backend_optimization_level": 1}`` on the CPU, or ``{}``
+    when ``XLA_FLAGS`` already sets that level (the user's choice applies) or the backend is
+    not the CPU (XLA's own default applies)."""
     if _LEVEL_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    if (backend or jax.default_backend()) != "cpu":
         return {}
     return {_LEVEL_FLAG: BACKEND_OPT_LEVEL}
