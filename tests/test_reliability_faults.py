@@ -35,6 +35,10 @@ from tram.experiments import store
 SRC = Path(tram.__file__).resolve().parents[1]
 TRAM = str(Path(sys.executable).parent / "tram")
 ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+# A child that pauses 2 s after each metrics.csv write (tests/slow_child/sitecustomize.py), for
+# the tests that must kill it right after a given evaluation of a run loaded from the cache
+ENV_PAUSING = {**ENV, "PYTHONPATH": f"{Path(__file__).parent / 'slow_child'}{os.pathsep}{ENV['PYTHONPATH']}",
+               "TRAM_TEST_WINDOW_DELAY_S": "2"}
 # One tiny config for every run of this file (small networks and buffers): the subprocesses
 # and the in-process runs compile the same program once per session, then load it from the
 # session's compilation cache (tests/conftest.py sets TRAM_COMPILE_CACHE, inherited here).
@@ -226,7 +230,9 @@ def test_ctrl_c_under_a_terminal(reference, tmp_path):
 
 def test_restart_killed_after_its_first_evaluation_is_not_finished(reference, tmp_path):
     run_dir = copy_run(reference, tmp_path)
-    proc = subprocess.Popen(tram_cmd(run_dir.parent, "--restart", "--checkpoint-every", "1e9"), env=ENV,
+    # ENV_PAUSING: without the pause the restart, loaded from the cache, could write all 18
+    # rows between two polls and finish
+    proc = subprocess.Popen(tram_cmd(run_dir.parent, "--restart", "--checkpoint-every", "1e9"), env=ENV_PAUSING,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # the old metrics.csv has 18 rows; the restart's first evaluation leaves exactly 2
     wait_for(lambda: data_lines(run_dir / "metrics.csv") == 2, proc, "the restart's first evaluation")
