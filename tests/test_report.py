@@ -12,7 +12,7 @@ import pytest
 from fakeruns import ALIVE_SHARE, FINAL_BASE, make_fake_run, make_legacy, stealth_base
 from tram.experiments.store import load_run
 from tram.report import make_report
-from tram.report.collect import collect_runs
+from tram.report.collect import collect_runs, finite_seed_means
 from tram.report.stats import bootstrap_ci, curve_with_ci, iqm
 
 METHODS = ("none", "random", "jbased", "var")
@@ -290,3 +290,19 @@ def test_curves_title_names_what_is_drawn():
     assert "worst-Q" in t and "KL" not in t
     t = curves_title("dop", ["none"], 1.0, 6.0)
     assert "attack" not in t and t.startswith("DOP")
+
+
+def test_finite_seed_means_over_all_rows_and_over_the_last_span(tmp_path):
+    """fakeruns: seed s's test win rate at evaluation i of 0..5 (every 10k steps) is
+    (0.1 + 0.05 s) * i / 5 for var; all rows average i / 5 to 0.5, the last 20k steps
+    (50k and 40k; 30k is not inside) to 0.9. The step-0 stealth row is NaN and ignored."""
+    make_fake_run(tmp_path, "3m", "var")
+    run = next(iter(collect_runs(tmp_path).runs.values()))
+    levels = np.array([0.1, 0.15, 0.2])
+    np.testing.assert_allclose(finite_seed_means(run, "test_win_rate"), 0.5 * levels, rtol=1e-12)
+    np.testing.assert_allclose(finite_seed_means(run, "test_win_rate", span=20_000), 0.9 * levels, rtol=1e-12)
+    # stealth: rows 1..5 (step 0 is NaN); the window offsets 0.01 * (j - 2) average to 0
+    np.testing.assert_allclose(finite_seed_means(run, "stealth_loglik"),
+                               stealth_base("var", 1.0, 6.0) + 0.1 * np.array([-1.0, 0.0, 1.0]), rtol=1e-12)
+    assert finite_seed_means(run, "stealth_loglik", span=1).size == 3  # only the last row, finite
+    assert finite_seed_means(run, "test_success").size == 0  # NaN on SMAX: every seed dropped

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tram.report.collect import collect_runs, final_values, last_span_seed_means
+from tram.report.collect import collect_runs, final_values, finite_seed_means
 from tram.report.stats import bootstrap_ci
 
 
@@ -37,7 +37,7 @@ def main(root: str = "results/beyond/runs") -> None:
         finals, lasts = {}, {}
         for k in keys:
             run = store.runs[k]
-            finals[k.method], lasts[k.method] = final_values(run, metric), last_span_seed_means(run, metric, 50_000)
+            finals[k.method], lasts[k.method] = final_values(run, metric), finite_seed_means(run, metric, span=50_000)
             print(f"  {k.method:<18} {_ci(finals[k.method])} | {_ci(lasts[k.method])}   ({len(run.seeds)} seeds)")
         if "none" not in finals:
             continue

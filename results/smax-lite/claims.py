@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tram.report.collect import collect_runs, final_values, finite_seed_means, last_span_seed_means
+from tram.report.collect import collect_runs, final_values, finite_seed_means
 from tram.report.stats import bootstrap_ci
 
 
@@ -41,7 +41,7 @@ def main(root: str = "results/smax-lite/runs") -> None:
         label = f"{key.env} {key.learner} {key.method} fA={key.f_a} KL={key.kl_u} ({len(run.seeds)} seeds)"
         print(label)
         print(f"  final test win rate           {_ci(final_values(run, 'test_win_rate'))}")
-        print(f"  win rate, last 100k steps     {_ci(last_span_seed_means(run, 'test_win_rate', 100_000))}")
+        print(f"  win rate, last 100k steps     {_ci(finite_seed_means(run, 'test_win_rate', span=100_000))}")
         if key.method != "none":
             for metric in ("stealth_loglik", "stealth_loglik_alive", "pmax_before", "pmax_after",
                            "saturated_frac", "kl_mean"):

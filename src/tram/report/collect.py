@@ -218,30 +218,20 @@ def run_curve(
     return curve_with_ci(xs, ys, stat="mean", n_boot=n_boot, ci=ci)
 
 
-def finite_seed_means(run: Run, metric: str) -> np.ndarray:
-    """Per seed, the mean of ``metric`` over all its evaluation rows (NaN rows ignored);
-    seeds with no finite value are dropped. Returns ``[S']``."""
-    out = []
-    for seed in run.seeds:
-        v = run.seed_rows(seed)[metric]
-        v = v[np.isfinite(v)]
-        if v.size:
-            out.append(float(v.mean()))
-    return np.asarray(out, dtype=np.float64)
-
-
-def last_span_seed_means(run: Run, metric: str, span: int) -> np.ndarray:
-    """Per seed, the mean of ``metric`` over its evaluations in the last ``span`` env steps
-    (``env_steps > max - span``; NaN rows ignored); seeds with no finite value there are
-    dropped. Returns ``[S']``."""
+def finite_seed_means(run: Run, metric: str, span: int | None = None) -> np.ndarray:
+    """Per seed, the mean of ``metric`` over its evaluation rows (NaN rows ignored): all of
+    them, or with ``span`` only those in the seed's last ``span`` env steps (``env_steps >
+    max - span``). Seeds with no finite value there are dropped. Returns ``[S']``."""
     out = []
     for seed in run.seeds:
         rows = run.seed_rows(seed)
-        steps, v = rows["env_steps"], rows[metric]
-        keep = (steps > steps.max() - span) & np.isfinite(v)
+        v = rows[metric]
+        keep = np.isfinite(v)
+        if span is not None:
+            keep &= rows["env_steps"] > rows["env_steps"].max() - span
         if keep.any():
             out.append(float(v[keep].mean()))
-    return np.asarray(out)
+    return np.asarray(out, dtype=np.float64)
 
 
 def final_values(run: Run, metric: str) -> np.ndarray:
