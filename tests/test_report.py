@@ -13,7 +13,7 @@ from fakeruns import ALIVE_SHARE, FINAL_BASE, make_fake_run, make_legacy, stealt
 from tram.experiments.store import load_run
 from tram.report import make_report
 from tram.report.collect import collect_runs, finite_seed_means
-from tram.report.stats import bootstrap_ci, curve_with_ci, iqm
+from tram.report.stats import bootstrap_ci, curve_with_ci, iqm, mean_ci_text
 
 METHODS = ("none", "random", "jbased", "var")
 
@@ -306,3 +306,13 @@ def test_finite_seed_means_over_all_rows_and_over_the_last_span(tmp_path):
                                stealth_base("var", 1.0, 6.0) + 0.1 * np.array([-1.0, 0.0, 1.0]), rtol=1e-12)
     assert finite_seed_means(run, "stealth_loglik", span=1).size == 3  # only the last row, finite
     assert finite_seed_means(run, "test_success").size == 0  # NaN on SMAX: every seed dropped
+
+
+def test_mean_ci_text():
+    """One seed: the interval collapses to the point; no seeds: "-"; the mean is padded to
+    ``width``; the interval is bootstrap_ci's, three decimals."""
+    assert mean_ci_text([0.25]) == "0.250 [0.250, 0.250]"
+    assert mean_ci_text([0.25], width=8) == "   0.250 [0.250, 0.250]"
+    assert mean_ci_text(np.array([])) == "-"
+    _, lo, hi = bootstrap_ci([1.0, 2.0, 4.0], "mean", 2000, 0.95)
+    assert mean_ci_text([1.0, 2.0, 4.0]) == f"2.333 [{lo:.3f}, {hi:.3f}]"

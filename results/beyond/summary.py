@@ -15,15 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from tram.report.collect import collect_runs, final_values, finite_seed_means
-from tram.report.stats import bootstrap_ci
-
-
-def _ci(values: np.ndarray) -> str:
-    mean, lo, hi = bootstrap_ci(values, "mean", 2000, 0.95)
-    return f"{mean:8.3f} [{lo:.3f}, {hi:.3f}]"
+from tram.report.stats import mean_ci_text
 
 
 def main(root: str = "results/beyond/runs") -> None:
@@ -38,7 +31,8 @@ def main(root: str = "results/beyond/runs") -> None:
         for k in keys:
             run = store.runs[k]
             finals[k.method], lasts[k.method] = final_values(run, metric), finite_seed_means(run, metric, span=50_000)
-            print(f"  {k.method:<18} {_ci(finals[k.method])} | {_ci(lasts[k.method])}   ({len(run.seeds)} seeds)")
+            final, last = (mean_ci_text(v[k.method], width=8) for v in (finals, lasts))
+            print(f"  {k.method:<18} {final} | {last}   ({len(run.seeds)} seeds)")
         if "none" not in finals:
             continue
         for name, vals in (("final", finals), ("last 50k", lasts)):

@@ -19,17 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from tram.report.collect import collect_runs, final_values, finite_seed_means
-from tram.report.stats import bootstrap_ci
-
-
-def _ci(values: np.ndarray) -> str:
-    if values.size == 0:
-        return "-"
-    mean, lo, hi = bootstrap_ci(values, "mean", 2000, 0.95)
-    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+from tram.report.stats import mean_ci_text
 
 
 def main(root: str = "results/smax-lite/runs") -> None:
@@ -40,12 +31,12 @@ def main(root: str = "results/smax-lite/runs") -> None:
         run = store.runs[key]
         label = f"{key.env} {key.learner} {key.method} fA={key.f_a} KL={key.kl_u} ({len(run.seeds)} seeds)"
         print(label)
-        print(f"  final test win rate           {_ci(final_values(run, 'test_win_rate'))}")
-        print(f"  win rate, last 100k steps     {_ci(finite_seed_means(run, 'test_win_rate', span=100_000))}")
+        print(f"  final test win rate           {mean_ci_text(final_values(run, 'test_win_rate'))}")
+        print(f"  win rate, last 100k steps     {mean_ci_text(finite_seed_means(run, 'test_win_rate', span=100_000))}")
         if key.method != "none":
             for metric in ("stealth_loglik", "stealth_loglik_alive", "pmax_before", "pmax_after",
                            "saturated_frac", "kl_mean"):
-                print(f"  {metric:<29} {_ci(finite_seed_means(run, metric))}")
+                print(f"  {metric:<29} {mean_ci_text(finite_seed_means(run, metric))}")
 
 
 if __name__ == "__main__":

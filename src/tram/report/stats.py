@@ -88,6 +88,18 @@ def bootstrap_ci(
     return point, float(lo), float(hi)
 
 
+def mean_ci_text(samples: Sequence[float] | np.ndarray, width: int = 0, n_boot: int = 2000,
+                 ci: float = 0.95) -> str:
+    """``"mean [lo, hi]"`` of :func:`bootstrap_ci` over seeds, three decimals, the mean
+    right-aligned in ``width`` characters; ``"-"`` for no samples. For the result scripts
+    under ``results/`` that print the numbers their READMEs quote."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        return "-"
+    mean, lo, hi = bootstrap_ci(x, "mean", n_boot, ci)
+    return f"{mean:{width}.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def curve_with_ci(
     x_by_seed: Sequence[Sequence[float]],
     y_by_seed: Sequence[Sequence[float]],
