@@ -32,11 +32,9 @@ import tempfile
 import pytest
 
 from tram.experiments.compile_cache import COMPILE_CACHE_ENV, enable_compile_cache
-from tram.experiments.xla_options import BACKEND_OPT_LEVEL
+from tram.experiments.xla_options import put_level_in_xla_flags
 
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_backend_optimization_level={BACKEND_OPT_LEVEL}").strip()
+put_level_in_xla_flags()
 
 _SESSION_CACHE: str | None = None
 if COMPILE_CACHE_ENV not in os.environ:

@@ -43,12 +43,26 @@ BACKEND_OPT_LEVEL = 1
 _LEVEL_FLAG = "xla_backend_optimization_level"
 
 
+def level_in_xla_flags() -> bool:
+    """Whether ``XLA_FLAGS`` names the backend optimisation level (then it is the user's)."""
+    return _LEVEL_FLAG in os.environ.get("XLA_FLAGS", "")
+
+
+def put_level_in_xla_flags() -> None:
+    """Appends ``--xla_backend_optimization_level=1`` to ``XLA_FLAGS`` unless it names a level,
+    so that every program this process (and its children) compiles gets tram's level, also
+    the ones jitted outside :func:`compiler_options` (the test suite calls it). Takes effect
+    only before JAX initialises its backend."""
+    if not level_in_xla_flags():
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{_LEVEL_FLAG}={BACKEND_OPT_LEVEL}".strip()
+
+
 def compiler_options(backend: str | None = None) -> dict[str, int]:
     """The ``compiler_options`` for ``jax.jit`` of a training program on ``backend`` (default:
     JAX's default backend): ``{"xla_backend_optimization_level": 1}`` on the CPU, or ``{}``
     when ``XLA_FLAGS`` already sets that level (the user's choice applies) or the backend is
     not the CPU (XLA's own default applies)."""
-    if _LEVEL_FLAG in os.environ.get("XLA_FLAGS", ""):
+    if level_in_xla_flags():
         return {}
     if (backend or jax.default_backend()) != "cpu":
         return {}
