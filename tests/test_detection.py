@@ -118,6 +118,42 @@ def test_bootstrap_resamples_seeds():
     assert lo == hi == 1.0
 
 
+def test_pairwise_mann_whitney_hand_example():
+    """Group 0 pos (1, 2, 2, 3) against group 0 neg (2, 0): 5 wins and 2 ties, U = 6, 2U = 12.
+    Group 1 pos (0,) against group 0 neg: 0 wins, 1 tie -> 2U = 1; against group 1 neg (5, 5):
+    2U = 0; group 0 pos against (5, 5): 2U = 0."""
+    twice_u = stats.pairwise_mann_whitney([np.array([1.0, 2, 2, 3]), np.array([0.0])],
+                                          [np.array([2.0, 0]), np.array([5.0, 5])])
+    assert twice_u.tolist() == [[12, 0], [1, 0]]
+
+
+def test_group_bootstrap_equals_pooling_the_resampled_groups_bit_for_bit():
+    """Every resample's AUROC from the (group, group) counts is the same float as auroc() of
+    the pooled resampled episodes (the definition); ties, a group without negatives and
+    unequal group sizes included. Same RNG draws, so the interval is the same too."""
+    rng = np.random.default_rng(3)
+    pos = np.round(rng.normal(0.5, 1.0, 70), 1); pg = rng.integers(0, 4, 70)
+    neg = np.round(rng.normal(0.0, 1.0, 55), 1); ng = rng.integers(0, 3, 55)  # group 3: positives only
+    groups = np.unique(np.concatenate([pg, ng]))
+    by_pos = [pos[pg == g] for g in groups]
+    by_neg = [neg[ng == g] for g in groups]
+    twice_u = stats.pairwise_mann_whitney(by_pos, by_neg)
+    draw = np.random.default_rng(0)
+    pooled = []
+    for _ in range(300):
+        pick = draw.choice(groups, size=len(groups), replace=True)
+        p = np.concatenate([by_pos[g] for g in pick]); q = np.concatenate([by_neg[g] for g in pick])
+        if p.size and q.size:
+            w = np.bincount(pick, minlength=len(groups))
+            assert int(w @ twice_u @ w) / (2 * p.size * q.size) == stats.auroc(p, q)
+            pooled.append(stats.auroc(p, q))
+    assert stats.bootstrap_auroc(pos, neg, pg, ng, n_boot=300) == (float(np.quantile(pooled, 0.025)),
+                                                                    float(np.quantile(pooled, 0.975)))
+    # a NaN score takes the pooled path, whose AUROC is NaN
+    lo, hi = stats.bootstrap_auroc(np.append(pos, np.nan), neg, np.append(pg, 0), ng, n_boot=20)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
 def test_detection_rate_at_one_percent_false_alarms():
     """Honest 0..99: 1% false alarms allows one honest value above the threshold, so the
     threshold is 98 and the poisoned (97, 98.5, 99, 100, 150) are flagged 4 of 5 times."""

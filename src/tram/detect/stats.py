@@ -64,12 +64,37 @@ def rate_at_fpr(positive: np.ndarray, negative: np.ndarray, fpr: float = 0.01) -
     return float(np.mean(pos > threshold_at_fpr(negative, fpr)))
 
 
+def pairwise_mann_whitney(pos_by_group: list[np.ndarray], neg_by_group: list[np.ndarray]) -> np.ndarray:
+    """``2 * U`` of every (positive group ``i``, negative group ``j``) pair, where
+    ``U_ij = #{x > y} + #{x = y} / 2`` over ``x`` in ``pos_by_group[i]`` and ``y`` in
+    ``neg_by_group[j]``: ``[G, G]`` int64 (twice ``U``, so every entry is an exact integer).
+
+    Pooling groups with multiplicities ``w`` gives the pooled Mann-Whitney statistic
+    ``U = w @ U_pairs @ w``, since every pooled (positive, negative) pair belongs to exactly
+    one (group, group) cell; this is what makes the group bootstrap cheap."""
+    out = np.zeros((len(pos_by_group), len(neg_by_group)), np.int64)
+    for j, neg in enumerate(neg_by_group):
+        ys = np.sort(neg)
+        for i, pos in enumerate(pos_by_group):
+            below = np.searchsorted(ys, pos, side="left")      # #{y < x} per x
+            below_or_tie = np.searchsorted(ys, pos, side="right")  # #{y <= x}
+            out[i, j] = int(below.sum()) + int(below_or_tie.sum())
+    return out
+
+
 def bootstrap_auroc(positive: np.ndarray, negative: np.ndarray, pos_groups: np.ndarray, neg_groups: np.ndarray,
                     n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of :func:`auroc`, resampling GROUPS (seeds) with
     replacement and pooling their episodes: episodes of one seed share a training run, so
     they are not independent draws and resampling them would understate the uncertainty.
     With a single group the interval resamples episodes instead (and says less).
+
+    Each resample's AUROC is computed from the (group, group) Mann-Whitney counts of
+    :func:`pairwise_mann_whitney`, sorted once, instead of ranking the pooled resample
+    again: the numerator and the denominator are the same exact integers (halves) as
+    :func:`auroc` of the pooled resample gives, so every value is the same float, bit for bit
+    (tested), at ``O(G^2)`` per resample instead of a sort of every pooled episode. Scores
+    with a NaN take the pooled path (``auroc`` propagates the NaN).
 
     Args:
         positive, negative: ``[n1]``, ``[n0]`` scores; pos_groups, neg_groups: their seeds.
@@ -85,14 +110,23 @@ def bootstrap_auroc(positive: np.ndarray, negative: np.ndarray, pos_groups: np.n
     groups = np.unique(np.concatenate([pg, ng]))
     vals = []
     if len(groups) >= 2:
-        by_pos = {g: pos[pg == g] for g in groups}
-        by_neg = {g: neg[ng == g] for g in groups}
+        by_pos = [pos[pg == g] for g in groups]
+        by_neg = [neg[ng == g] for g in groups]
+        exact = bool(np.isfinite(pos).all() and np.isfinite(neg).all())
+        twice_u = pairwise_mann_whitney(by_pos, by_neg) if exact else None
+        n_pos = np.array([len(p) for p in by_pos], np.int64)
+        n_neg = np.array([len(q) for q in by_neg], np.int64)
         for _ in range(n_boot):
-            pick = rng.choice(groups, size=len(groups), replace=True)
-            p = np.concatenate([by_pos[g] for g in pick])
-            q = np.concatenate([by_neg[g] for g in pick])
-            if p.size and q.size:
-                vals.append(auroc(p, q))
+            pick = rng.choice(len(groups), size=len(groups), replace=True)
+            n1, n0 = int(n_pos[pick].sum()), int(n_neg[pick].sum())
+            if not (n1 and n0):
+                continue
+            if exact:
+                w = np.bincount(pick, minlength=len(groups))
+                vals.append(float(int(w @ twice_u @ w) / (2 * n1 * n0)))
+            else:
+                vals.append(auroc(np.concatenate([by_pos[g] for g in pick]),
+                                  np.concatenate([by_neg[g] for g in pick])))
     else:
         for _ in range(n_boot):
             vals.append(auroc(rng.choice(pos, pos.size), rng.choice(neg, neg.size)))
