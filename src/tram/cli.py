@@ -445,6 +445,109 @@ def sweep(
     raise typer.Exit(code=1 if failures else 0)
 
 
+def compare_configs(env, learner, methods: list[str], steps, seeds, fa, kl, attacked_agent, attack_at,
+                    eval_interval, test_episodes, sets: list[str]):
+    """One config per method of ``tram compare``, named and validated as ``tram train`` with
+    the same options would (so both find the same runs): the budget and the attacked agent go
+    to the attacked methods only, ``--kl`` only to methods with a KL budget."""
+    from tram.attacks.methods import ATTACK_METHODS, CLEAN
+
+    configs = []
+    for m in methods:
+        entry = ATTACK_METHODS.get(m)
+        attacked = m != CLEAN
+        configs.append(build_config(env, learner, steps, seeds, m, fa if attacked else None,
+                                    kl if attacked and (entry is None or entry.has_kl_budget) else None,
+                                    attacked_agent if attacked else None, eval_interval, test_episodes, sets,
+                                    attack_at if attacked else None))
+    return configs
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"var,random"`` -> ``["var", "random"]``; a :class:`ConfigError` naming ``--methods``
+    for fewer than two distinct methods or an unknown one (``none``, the clean run, is in the
+    table of methods)."""
+    from tram.attacks.methods import ATTACK_METHODS
+
+    accepted = f"accepted: two or more of {', '.join(ATTACK_METHODS)}, comma-separated, e.g. var,random"
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    for m in methods:
+        if m not in ATTACK_METHODS:
+            fail(f"--methods: {m!r} is not an attack method; {accepted}")
+    if len(methods) < 2 or len(set(methods)) != len(methods):
+        fail(f"--methods {text!r} does not name two or more distinct methods; {accepted}")
+    return methods
+
+
+@app.command()
+@handle_errors
+def compare(
+    methods: str = typer.Option(..., "--methods", help="Two or more methods, comma-separated: e.g. var,random "
+                                "or none,var,jbased,random."),
+    env: Optional[str] = typer.Option(None, help="Environment name (see `tram envs`); default 3m."),
+    learner: Optional[str] = typer.Option(None, help="dop, coma or qmix; default dop."),
+    fa: Optional[str] = typer.Option(None, "--fa", help="Attack frequency f_A of the attacked methods; default 1."),
+    kl: Optional[str] = typer.Option(None, "--kl", help="KL budget KL_U of the methods that have one; default 6."),
+    attacked_agent: Optional[str] = typer.Option(None, help="Poisoned agent: index or unit type; default 0."),
+    attack_at: Optional[str] = typer.Option(None, help="Where the attacks act: train (default), test or both."),
+    steps: Optional[str] = typer.Option(None, help="Env steps per seed, e.g. 1e6 (default 2e6)."),
+    seeds: Optional[str] = typer.Option(None, help="Seed count (default 5) or list (0,3,7)."),
+    eval_interval: Optional[str] = typer.Option(None, help="Env steps between evaluations (default 1e4)."),
+    test_episodes: Optional[str] = typer.Option(None, help="Greedy test episodes per evaluation; default 32."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any field of every run: "
+                                             "learner.critic_lr=5e-4."),
+    metric: str = typer.Option("auto", help="test_win_rate, test_return or test_success; auto: the win rate on "
+                               "SMAX, the return on the grid tasks."),
+    window: Optional[str] = typer.Option(None, help="Env steps at the end of each curve that the compared mean "
+                                         "covers (default: the last 10% of --steps, at least one evaluation)."),
+    out: Path = typer.Option(Path("runs"), help="Run store directory (finished runs are reused)."),
+    backend: str = typer.Option("local", help="local (in-process) or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    dry_run: bool = typer.Option(False, help="Only list the runs and which are already finished."),
+):
+    """Does one attack hurt the team more than another? Trains the methods' runs the store
+    lacks (one cell each), then prints each method's test metric and stealth with 95% CIs over
+    seeds and, per pair, the difference with a Welch 95% CI and a verdict."""
+    from tram.experiments import store
+    from tram.report.compare import PERFORMANCE_METRICS, compare_runs, format_comparison
+
+    names = parse_methods(methods)
+    check_backend(backend)
+    if metric != "auto" and metric not in PERFORMANCE_METRICS:
+        fail(f"--metric {metric!r} is not accepted; accepted: auto, {', '.join(PERFORMANCE_METRICS)}")
+    configs = compare_configs(env, learner, names, steps, seeds, fa, kl, attacked_agent, attack_at,
+                              eval_interval, test_episodes, set_ or [])
+    run_steps, interval = configs[0].run.steps, configs[0].run.eval_interval
+    span = max(interval, run_steps // 10) if window is None else parse_steps(window, "--window")
+    check_out_dir(out, create=not dry_run)
+    dirs = [out / store.run_name(c.to_dict()) for c in configs]
+    if dry_run:
+        for m, d in zip(names, dirs):
+            typer.echo(f"{m}: {d} ({store.run_status(d)})")
+        todo = [c for c, d in zip(configs, dirs) if store.run_status(d) != "done"]
+        typer.echo(f"{len(todo)} of {len(configs)} run(s) to train (estimated {_duration(_estimate_seconds(todo))})"
+                   if todo else "every run is finished: the comparison needs no training")
+        return
+    failures = _run_sweep_cli(configs, out, backend, address)
+    if failures:
+        fail(f"{failures} run(s) failed (listed above); nothing compared")
+    runs = [store.load_run(d) for d in dirs]
+    if metric == "auto":
+        from tram.report.collect import finite_seed_means
+
+        smax = all(finite_seed_means(r, "test_win_rate").size for r in runs)
+        metric = "test_win_rate" if smax else "test_return"
+    c = configs[0]
+    budget = f", f_A = {configs[-1].attack.f_a:g}, KL_U = {configs[-1].attack.kl_u:g}" if any(
+        x.attack.method != "none" for x in configs) else ""
+    typer.echo(f"\n{c.learner.name.upper()} on {c.env.name}{budget}, {len(c.run.seeds)} seed(s) x "
+               f"{run_steps:,} env steps (runs in {out}):\n")
+    try:
+        typer.echo(format_comparison(compare_runs(runs, metric, span)))
+    except ValueError as e:
+        fail(f"--metric: {e}")
+
+
 @app.command()
 @handle_errors
 def demo(out: Path = typer.Option(Path("demo"), help="Output directory (runs/ and the report).")):
