@@ -44,3 +44,9 @@ def test_estimate_by_hand(tmp_path, monkeypatch):
     assert cli._estimate_seconds([cfg("coma", "var")]) == pytest.approx(75.0)
     assert cli._estimate_seconds([cfg("coma", "random")]) == pytest.approx(100.0)  # largest measured cost
     assert cli._estimate_seconds([cfg("qmix"), cfg("coma", "jbased")]) == pytest.approx(1000.0 + 100.0)
+    # a larger map costs more in proportion to agents x (obs + state); a smaller one no less
+    def on(env):
+        return TrainConfig(env=EnvConfig(env), learner=LEARNER_CONFIGS["dop"](), attack=AttackConfig(), run=run)
+
+    assert cli._estimate_seconds([on("8m")]) == pytest.approx(500.0 * 8 * (205 + 192) / (3 * (75 + 72)))
+    assert cli._estimate_seconds([on("2s_vs_1sc")]) == pytest.approx(500.0)
