@@ -52,9 +52,30 @@ def test_pair_verdicts():
     assert math.isnan(one.lo) and "a CI needs at least 2 per method" in one.verdict
 
 
+def test_report_keys_name_the_runs_fig1_and_the_surrogate_critic_use():
+    """--methods takes report keys too: worst_q_test / worst_q_both are Fig. 1's runs (the
+    names `tram reproduce fig1` gives them), var_surrogate is var with attack.critic
+    surrogate; series_parts inverts series_key."""
+    from tram.attacks.methods import series_key, series_parts
+    from tram.cli import fig1_configs
+
+    assert series_parts("worst_q_test") == ("worst_q", "test", None)
+    assert series_parts("var_surrogate") == ("var", None, "surrogate")
+    assert series_parts("jbased") == ("jbased", None, None)
+    assert series_parts(series_key("worst_q", "both")) == ("worst_q", "both", None)
+    assert series_parts(series_key("var", "train", "surrogate")) == ("var", None, "surrogate")
+    fig1 = [run_name(c.to_dict()) for c in fig1_configs("3m", 600_000, (0, 1, 2), 300_000, 1.0)]
+    ours = compare_configs("3m", "qmix", ["none", "worst_q_test", "worst_q_both"], 600_000, 3, 1.0, None, None,
+                           None, 300_000, 6_000, None, [])
+    assert [run_name(c.to_dict()) for c in ours] == fig1
+    sur = compare_configs("3m", "coma", ["var", "var_surrogate"], 1000, 2, None, None, None, None, None, None,
+                          None, [])
+    assert [c.attack.critic for c in sur] == ["learner", "surrogate"]
+
+
 # fabricated runs at the names `tram compare` (and `tram train`) give these options
 OPTIONS = dict(env="3m", learner="coma", steps="50000", seeds="3", fa=None, kl="2", attacked_agent=None,
-               attack_at=None, eval_interval="10000", test_episodes=None, sets=[])
+               attack_at=None, attack_start=None, eval_interval="10000", test_episodes=None, sets=[])
 
 
 def _store(root, methods):
@@ -106,6 +127,8 @@ def test_cli_compare_answers_from_the_store_without_training(tmp_path):
     (["--methods", "var,var"], "--methods 'var,var' does not name two or more distinct methods"),
     (["--methods", "var,random", "--kl", "-1"], "--kl (attack.kl_u): '-1' is not accepted"),
     (["--methods", "var,random", "--metric", "win"], "--metric 'win' is not accepted; accepted: auto, test_win_rate"),
+    (["--methods", "worst_q_test,none", "--attack-at", "both"],
+     "--methods 'worst_q_test' acts at 'test' but --attack-at is 'both'"),
 ])
 def test_cli_compare_refuses_bad_input(tmp_path, argv, message):
     r = CliRunner().invoke(app, ["compare", *argv, "--out", str(tmp_path), "--dry-run"])

@@ -446,33 +446,41 @@ def sweep(
 
 
 def compare_configs(env, learner, methods: list[str], steps, seeds, fa, kl, attacked_agent, attack_at,
-                    eval_interval, test_episodes, sets: list[str]):
-    """One config per method of ``tram compare``, named and validated as ``tram train`` with
-    the same options would (so both find the same runs): the budget and the attacked agent go
-    to the attacked methods only, ``--kl`` only to methods with a KL budget."""
-    from tram.attacks.methods import ATTACK_METHODS, CLEAN
+                    attack_start, eval_interval, test_episodes, sets: list[str]):
+    """One config per report key of ``tram compare`` (``var``, ``none``, ``worst_q_test``,
+    ``var_surrogate``...; :func:`tram.attacks.methods.series_parts`), named and validated as
+    ``tram train`` with the same options would (so both find the same runs): the budget, the
+    attacked agent, ``--attack-at`` and ``--attack-start`` go to the attacked methods only,
+    ``--kl`` only to methods with a KL budget; a key that fixes where the attack acts
+    (``worst_q_test``) or its critic (``var_surrogate``) sets that field."""
+    from tram.attacks.methods import ATTACK_METHODS, CLEAN, series_parts
 
     configs = []
-    for m in methods:
-        entry = ATTACK_METHODS.get(m)
-        attacked = m != CLEAN
-        configs.append(build_config(env, learner, steps, seeds, m, fa if attacked else None,
-                                    kl if attacked and (entry is None or entry.has_kl_budget) else None,
-                                    attacked_agent if attacked else None, eval_interval, test_episodes, sets,
-                                    attack_at if attacked else None))
+    for key in methods:
+        method, at, critic = (key, None, None) if key in ATTACK_METHODS else series_parts(key)
+        attacked = method != CLEAN
+        if at is not None and attack_at is not None and at != attack_at:
+            fail(f"--methods {key!r} acts at {at!r} but --attack-at is {attack_at!r}; accepted: leave --attack-at "
+                 f"out, or name the method without the suffix")
+        cell_sets = list(sets) + ([f"attack.critic={critic!r}"] if critic else [])
+        configs.append(build_config(env, learner, steps, seeds, method, fa if attacked else None,
+                                    kl if attacked and ATTACK_METHODS[method].has_kl_budget else None,
+                                    attacked_agent if attacked else None, eval_interval, test_episodes, cell_sets,
+                                    (at or attack_at) if attacked else None, attack_start if attacked else None))
     return configs
 
 
 def parse_methods(text: str) -> list[str]:
-    """``"var,random"`` -> ``["var", "random"]``; a :class:`ConfigError` naming ``--methods``
-    for fewer than two distinct methods or an unknown one (``none``, the clean run, is in the
-    table of methods)."""
-    from tram.attacks.methods import ATTACK_METHODS
+    """``"var,random"`` -> ``["var", "random"]``: methods of the table (``none`` is the clean
+    run) or report keys (``worst_q_test``, ``var_surrogate``); a :class:`ConfigError` naming
+    ``--methods`` for fewer than two distinct ones or an unknown one."""
+    from tram.attacks.methods import ATTACK_METHODS, series_keys
 
-    accepted = f"accepted: two or more of {', '.join(ATTACK_METHODS)}, comma-separated, e.g. var,random"
+    keys = list(ATTACK_METHODS) + [k for k in series_keys() if k not in ATTACK_METHODS]
+    accepted = f"accepted: two or more of {', '.join(keys)}, comma-separated, e.g. var,random"
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for m in methods:
-        if m not in ATTACK_METHODS:
+        if m not in keys:
             fail(f"--methods: {m!r} is not an attack method; {accepted}")
     if len(methods) < 2 or len(set(methods)) != len(methods):
         fail(f"--methods {text!r} does not name two or more distinct methods; {accepted}")
@@ -482,14 +490,16 @@ def parse_methods(text: str) -> list[str]:
 @app.command()
 @handle_errors
 def compare(
-    methods: str = typer.Option(..., "--methods", help="Two or more methods, comma-separated: e.g. var,random "
-                                "or none,var,jbased,random."),
+    methods: str = typer.Option(..., "--methods", help="Two or more methods, comma-separated: e.g. var,random, "
+                                "none,var,jbased,random, or report keys such as worst_q_test,worst_q_both or "
+                                "var,var_surrogate."),
     env: Optional[str] = typer.Option(None, help="Environment name (see `tram envs`); default 3m."),
     learner: Optional[str] = typer.Option(None, help="dop, coma or qmix; default dop."),
     fa: Optional[str] = typer.Option(None, "--fa", help="Attack frequency f_A of the attacked methods; default 1."),
     kl: Optional[str] = typer.Option(None, "--kl", help="KL budget KL_U of the methods that have one; default 6."),
     attacked_agent: Optional[str] = typer.Option(None, help="Poisoned agent: index or unit type; default 0."),
     attack_at: Optional[str] = typer.Option(None, help="Where the attacks act: train (default), test or both."),
+    attack_start: Optional[str] = typer.Option(None, help="Env step from which the attacks act; default 0."),
     steps: Optional[str] = typer.Option(None, help="Env steps per seed, e.g. 1e6 (default 2e6)."),
     seeds: Optional[str] = typer.Option(None, help="Seed count (default 5) or list (0,3,7)."),
     eval_interval: Optional[str] = typer.Option(None, help="Env steps between evaluations (default 1e4)."),
@@ -515,7 +525,7 @@ def compare(
     check_backend(backend)
     if metric != "auto" and metric not in PERFORMANCE_METRICS:
         fail(f"--metric {metric!r} is not accepted; accepted: auto, {', '.join(PERFORMANCE_METRICS)}")
-    configs = compare_configs(env, learner, names, steps, seeds, fa, kl, attacked_agent, attack_at,
+    configs = compare_configs(env, learner, names, steps, seeds, fa, kl, attacked_agent, attack_at, attack_start,
                               eval_interval, test_episodes, set_ or [])
     run_steps, interval = configs[0].run.steps, configs[0].run.eval_interval
     span = max(interval, run_steps // 10) if window is None else parse_steps(window, "--window")

@@ -282,6 +282,19 @@ def series_method(key: str) -> AttackMethod:
     return _series(key)[0]
 
 
+def series_parts(key: str) -> tuple[str, str | None, str | None]:
+    """``(attack.method, attack.attack_at, attack.critic)`` of report key ``key``, the inverse
+    of :func:`series_key`; ``None`` where the key does not fix the field (``"var"`` ->
+    ``("var", None, None)``, ``"worst_q_test"`` -> ``("worst_q", "test", None)``,
+    ``"var_surrogate"`` -> ``("var", None, "surrogate")``). Raises like :func:`series_method`."""
+    m = series_method(key)
+    if key == m.name + SURROGATE_SUFFIX:
+        return m.name, None, "surrogate"
+    if key != m.name:
+        return m.name, key[len(m.name) + 1:], None
+    return m.name, None, None
+
+
 def series_label(key: str) -> str:
     """The label of report key ``key`` (a variant's own label when it has one); raises like
     :func:`series_method`."""
