@@ -118,6 +118,10 @@ def test_cli_compare_answers_from_the_store_without_training(tmp_path):
     assert "| Var-based TRAM | 3 | 0.150 [" in r.output
     assert "- Var-based TRAM vs Random: -0.600 [-0.713, -0.487]: the test win rate is lower under Var-based TRAM " \
            "than under Random." in r.output
+    # the header names the budget the attacked runs used, whatever the order of the methods
+    _store(tmp_path, ["none"])
+    r = CliRunner().invoke(app, [*args[:2], "random,none", *args[3:]])
+    assert r.exit_code == 0 and "COMA on 3m, f_A = 1, KL_U = 2, 3 seed(s)" in r.output, r.output
     dry = CliRunner().invoke(app, args + ["--dry-run"])
     assert dry.exit_code == 0 and "every run is finished: the comparison needs no training" in dry.output
 

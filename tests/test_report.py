@@ -13,7 +13,7 @@ from fakeruns import ALIVE_SHARE, FINAL_BASE, make_fake_run, make_legacy, stealt
 from tram.experiments.store import load_run
 from tram.report import make_report
 from tram.report.collect import collect_runs, finite_seed_means
-from tram.report.stats import bootstrap_ci, curve_with_ci, iqm, mean_ci_text
+from tram.report.stats import bootstrap_ci, ci_text, curve_with_ci, iqm, mean_ci_text
 
 METHODS = ("none", "random", "jbased", "var")
 
@@ -314,5 +314,6 @@ def test_mean_ci_text():
     assert mean_ci_text([0.25]) == "0.250 [0.250, 0.250]"
     assert mean_ci_text([0.25], width=8) == "   0.250 [0.250, 0.250]"
     assert mean_ci_text(np.array([])) == "-"
+    assert ci_text((0.5, 0.25, 0.75), width=6) == " 0.500 [0.250, 0.750]" and ci_text(None) == "-"
     _, lo, hi = bootstrap_ci([1.0, 2.0, 4.0], "mean", 2000, 0.95)
     assert mean_ci_text([1.0, 2.0, 4.0]) == f"2.333 [{lo:.3f}, {hi:.3f}]"

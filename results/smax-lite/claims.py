@@ -30,15 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from tram.report.collect import collect_runs, final_values, finite_seed_means
-from tram.report.plots import argmax_push_fraction
+from tram.report.plots import argmax_push_fraction, greedy_actions
 from tram.report.stats import mean_ci_text
 
 
 def probability_push_fraction(samples: dict[str, np.ndarray]) -> float:
     """Share of sampled states where ``delta_hat`` raises the probability of the most likely
     available action ``a*`` at beta -> 0: ``delta_hat[a*] > sum_a pi[a] delta_hat[a]``."""
-    pi = np.where(samples["avail"] > 0, samples["pi"], -np.inf)
-    top = np.argmax(pi, axis=1)
+    top = greedy_actions(samples)
     dh = samples["delta_hat"]
     mean = np.sum(np.where(samples["avail"] > 0, samples["pi"] * dh, 0.0), axis=1)
     return float(np.mean(dh[np.arange(len(top)), top] > mean))
@@ -50,7 +49,7 @@ def target_action_stats(samples: dict[str, np.ndarray]) -> tuple[float, float, i
     actions)."""
     avail = samples["avail"] > 0
     multi = avail.sum(axis=1) > 1
-    greedy = np.argmax(np.where(avail, samples["pi"], -np.inf), axis=1)[multi]
+    greedy = greedy_actions(samples)[multi]
     target = np.argmax(np.where(avail, samples["delta_hat"], -np.inf), axis=1)[multi]
     p_target = samples["pi"][multi][np.arange(len(target)), target]
     return float(np.mean(greedy == target)), float(np.median(p_target)), int(multi.sum())

@@ -518,8 +518,9 @@ def compare(
     """Does one attack hurt the team more than another? Trains the methods' runs the store
     lacks (one cell each), then prints each method's test metric and stealth with 95% CIs over
     seeds and, per pair, the difference with a Welch 95% CI and a verdict."""
+    from tram.attacks.methods import ATTACK_METHODS, CLEAN
     from tram.experiments import store
-    from tram.report.compare import PERFORMANCE_METRICS, compare_runs, format_comparison
+    from tram.report.compare import PERFORMANCE_METRICS, compare_runs, default_metric, format_comparison
 
     names = parse_methods(methods)
     check_backend(backend)
@@ -543,13 +544,12 @@ def compare(
         fail(f"{failures} run(s) failed (listed above); nothing compared")
     runs = [store.load_run(d) for d in dirs]
     if metric == "auto":
-        from tram.report.collect import finite_seed_means
-
-        smax = all(finite_seed_means(r, "test_win_rate").size for r in runs)
-        metric = "test_win_rate" if smax else "test_return"
+        metric = default_metric(runs)
     c = configs[0]
-    budget = f", f_A = {configs[-1].attack.f_a:g}, KL_U = {configs[-1].attack.kl_u:g}" if any(
-        x.attack.method != "none" for x in configs) else ""
+    # every attacked method got the same --fa and (where it has a KL budget) --kl
+    attacked = [x.attack for x in configs if x.attack.method != CLEAN]
+    budgeted = [a for a in attacked if ATTACK_METHODS[a.method].has_kl_budget]
+    budget = (f", f_A = {attacked[0].f_a:g}" if attacked else "") + (f", KL_U = {budgeted[0].kl_u:g}" if budgeted else "")
     typer.echo(f"\n{c.learner.name.upper()} on {c.env.name}{budget}, {len(c.run.seeds)} seed(s) x "
                f"{run_steps:,} env steps (runs in {out}):\n")
     try:

@@ -148,10 +148,13 @@ class Store:
 
     def family(self, env: str) -> Family:
         """``"smax"`` when any run on ``env`` reports a finite win rate, else ``"grid"``."""
-        for key, run in self.runs.items():
-            if key.env == env and np.isfinite(run.metrics["test_win_rate"]).any():
-                return "smax"
-        return "grid"
+        return "smax" if any(key.env == env and run_has_win_rate(run) for key, run in self.runs.items()) else "grid"
+
+
+def run_has_win_rate(run: Run) -> bool:
+    """Whether any evaluation row of ``run`` has a finite test win rate (SMAX runs do; the
+    grid tasks record NaN)."""
+    return bool(np.isfinite(run.metrics["test_win_rate"]).any())
 
 
 def _preference(run: Run) -> tuple:

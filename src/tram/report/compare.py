@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from tram.experiments.store import Run
-from tram.report.collect import final_values, finite_seed_means, method_label
-from tram.report.stats import bootstrap_ci
+from tram.report.collect import final_values, finite_seed_means, method_label, run_has_win_rate
+from tram.report.stats import bootstrap_ci, ci_text
 
 PERFORMANCE_METRICS = ("test_win_rate", "test_return", "test_success")
 """Metrics ``--metric`` accepts: each is "higher is better for the team"."""
@@ -100,6 +100,12 @@ class Comparison:
     pairs: tuple[PairVerdict, ...]
 
 
+def default_metric(runs: Sequence[Run]) -> str:
+    """``test_win_rate`` when every run reports a finite win rate (SMAX; the criterion of
+    :meth:`tram.report.collect.Store.family`), else ``test_return`` (the grid tasks)."""
+    return "test_win_rate" if all(run_has_win_rate(r) for r in runs) else "test_return"
+
+
 def method_result(run: Run, metric: str, window: int, n_boot: int = 2000) -> MethodResult:
     """The numbers of one finished run (see :class:`MethodResult`).
 
@@ -157,10 +163,6 @@ def compare_runs(runs: Sequence[Run], metric: str, window: int, n_boot: int = 20
     return Comparison(metric, window, results, pairs)
 
 
-def _ci(x: tuple[float, float, float] | None) -> str:
-    return "-" if x is None else f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
-
-
 def format_comparison(c: Comparison) -> str:
     """A Markdown table (one row per method) and one line per pair."""
     what = METRIC_NAMES[c.metric]
@@ -168,7 +170,7 @@ def format_comparison(c: Comparison) -> str:
              "stealth (Eq. 3, every step) | run |",
              "|---|---|---|---|---|---|"]
     for r in c.results:
-        lines.append(f"| {method_label(r.method)} | {r.seeds} | {_ci(r.final)} | {_ci(r.window)} | {_ci(r.stealth)} | "
+        lines.append(f"| {method_label(r.method)} | {r.seeds} | {ci_text(r.final)} | {ci_text(r.window)} | {ci_text(r.stealth)} | "
                      f"{r.run} |")
     lines.append("")
     lines.append("Means with 95% percentile-bootstrap CIs over seeds. Pairs: difference of the window means "

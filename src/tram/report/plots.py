@@ -207,11 +207,16 @@ def pick_sample_states(samples: dict[str, np.ndarray], n_states: int) -> np.ndar
     return order[np.unique(pos)]
 
 
+def greedy_actions(samples: dict[str, np.ndarray]) -> np.ndarray:
+    """``[K]`` the most likely available action of each sampled state (``argmax pi`` over
+    the available actions)."""
+    return np.argmax(np.where(samples["avail"] > 0, samples["pi"], -np.inf), axis=1)
+
+
 def argmax_push_fraction(samples: dict[str, np.ndarray]) -> float:
     """Fraction of sampled states where delta_hat raises the logit of the most likely
     available action (paper Sec. 4.1: J-based raises it, var-based lowers it)."""
-    pi = np.where(samples["avail"] > 0, samples["pi"], -np.inf)
-    top = np.argmax(pi, axis=1)
+    top = greedy_actions(samples)
     push = samples["delta_hat"][np.arange(len(top)), top]
     return float(np.mean(push > 0)) if len(top) else math.nan
 

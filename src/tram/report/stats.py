@@ -94,10 +94,16 @@ def mean_ci_text(samples: Sequence[float] | np.ndarray, width: int = 0, n_boot: 
     right-aligned in ``width`` characters; ``"-"`` for no samples. For the result scripts
     under ``results/`` that print the numbers their READMEs quote."""
     x = np.asarray(samples, dtype=np.float64)
-    if x.size == 0:
+    return ci_text(bootstrap_ci(x, "mean", n_boot, ci) if x.size else None, width)
+
+
+def ci_text(interval: tuple[float, float, float] | None, width: int = 0) -> str:
+    """``(point, lo, hi)`` as ``"point [lo, hi]"``, three decimals, the point right-aligned in
+    ``width`` characters; ``"-"`` for None."""
+    if interval is None:
         return "-"
-    mean, lo, hi = bootstrap_ci(x, "mean", n_boot, ci)
-    return f"{mean:{width}.3f} [{lo:.3f}, {hi:.3f}]"
+    point, lo, hi = interval
+    return f"{point:{width}.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def curve_with_ci(
