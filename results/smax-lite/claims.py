@@ -6,7 +6,9 @@ For every finished run (env, learner, method, f_A, KL_U) it prints, over seeds, 
 percentile-bootstrap CIs (2000 resamples, tram.report.stats.bootstrap_ci):
 
 * final test win rate (the last evaluation, at the run's --steps; as `tram report`'s
-  final-performance table) and its mean over the last 100k steps (10 evaluations);
+  final-performance table) and its mean over the last 100k steps (10 evaluations), and the
+  same two for the test return (SMAX's: the enemy health removed, normalised to 1, plus 1
+  for a won battle; it grades runs that never win);
 * the stealth log likelihood of Eq. 3, both averages (``stealth_loglik`` over every step of
   the poisoned agent, ``stealth_loglik_alive`` over its steps with >= 2 actions), per seed
   the mean over evaluation windows, as Tables 1-3;
@@ -65,6 +67,8 @@ def main(root: str = "results/smax-lite/runs") -> None:
         print(label)
         print(f"  final test win rate           {mean_ci_text(final_values(run, 'test_win_rate'))}")
         print(f"  win rate, last 100k steps     {mean_ci_text(finite_seed_means(run, 'test_win_rate', span=100_000))}")
+        print(f"  final test return             {mean_ci_text(final_values(run, 'test_return'))}")
+        print(f"  test return, last 100k steps  {mean_ci_text(finite_seed_means(run, 'test_return', span=100_000))}")
         if key.method != "none":
             for metric in ("stealth_loglik", "stealth_loglik_alive", "pmax_before", "pmax_after",
                            "saturated_frac", "kl_mean"):
