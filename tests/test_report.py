@@ -107,9 +107,10 @@ def _csv(path):
 def test_report_writes_figures_tables_and_export(main_report):
     out, paths, _ = main_report
     rel = {p.relative_to(out).as_posix() for p in paths}
-    for stem in ("curves_dop_smax", "curves_dop_grid", "fig4_dop_3m", "fig4_dop_spread"):
+    for stem in ("curves_dop_smax", "curves_dop_smax_return", "curves_dop_grid", "fig4_dop_3m", "fig4_dop_spread"):
         for ext in ("png", "pdf"):
             assert f"figures/{stem}.{ext}" in rel
+    assert not any("grid_return" in r for r in rel)  # the grid tasks' curves already show the return
     for stem in ("table1_stealth_dop", "final_performance"):
         for ext in ("md", "csv", "tex"):
             assert f"tables/{stem}.{ext}" in rel

@@ -4,6 +4,7 @@ Entry point: :func:`make_report`. Output layout under ``out_dir``::
 
     index.md                                   # everything written, and what was skipped
     figures/curves_<learner>_<family>.{png,pdf}       # Figs. 2 (smax) / 3 (grid); 9, 10
+    figures/curves_<learner>_smax_return.{png,pdf}    # the same SMAX runs' test return
     figures/budget_fa_<learner>[_ci].{png,pdf}        # Fig. 5 (Fig. 11 with CI bands)
     figures/budget_kl_<learner>[_ci].{png,pdf}        # Fig. 6 (Fig. 12 with CI bands)
     figures/fig4_<learner>_<env>.{png,pdf}            # Fig. 4
@@ -102,6 +103,10 @@ def make_report(
                 paths = plot_learning_curves(store, learner, envs, f_a, kl_u, fig_dir,
                                              f"curves_{learner}_{family}", n_boot=n_boot)
                 sections.append(("Figures", f"Learning curves, {learner}, {family} ({fig_no} style)", paths))
+                if family == "smax":  # the return also grades maps where no run wins
+                    paths = plot_learning_curves(store, learner, envs, f_a, kl_u, fig_dir,
+                                                 f"curves_{learner}_smax_return", n_boot=n_boot, metric="test_return")
+                    sections.append(("Figures", f"Learning curves, {learner}, smax, test return", paths))
         # Budget curves: Figs. 5/6 and, with CI bands, 11/12.
         for vary, fixed, tag, figs in (("f_a", kl_u, "fa", ("Fig. 5", "Fig. 11")),
                                        ("kl_u", f_a, "kl", ("Fig. 6", "Fig. 12"))):

@@ -112,28 +112,30 @@ def plot_learning_curves(
     out_dir: Path,
     stem: str,
     n_boot: int = 2000,
+    metric: str | None = None,
 ) -> list[Path]:
     """Paper Figs. 2/3: one panel per environment, one line per attack method (clean run and
     the attacked runs at ``f_a``, ``kl_u``), mean over seeds with a 95% bootstrap band.
 
-    The metric is the test win rate on SMAX maps and the test return on grid tasks.
+    The metric is ``metric`` (a metrics.csv column) if given, else the test win rate on SMAX
+    maps and the test return on grid tasks. Returns the paths written (PNG, PDF).
     """
     with matplotlib.rc_context(_RC):
         fig, axes = _panels(len(envs))
         present: list[str] = []
         for ax, env in zip(axes, envs):
-            metric = PRIMARY_METRIC[store.family(env)]
+            metric_here = metric or PRIMARY_METRIC[store.family(env)]
             for method in method_order():
                 run = store.get(env, learner, method, f_a, kl_u)
                 if run is None:
                     continue
-                _draw_curve(ax, run, metric, method_color(method), 1.0, True, n_boot)
+                _draw_curve(ax, run, metric_here, method_color(method), 1.0, True, n_boot)
                 start = run.config["attack"].get("attack_start", 0) if method != "none" else 0
                 if start:  # Fig. 1: where the attack begins
                     ax.axvline(start, color="0.5", linestyle="--", linewidth=0.8)
                 if method not in present:
                     present.append(method)
-            _style_axis(ax, env, METRIC_LABELS[metric], metric)
+            _style_axis(ax, env, METRIC_LABELS[metric_here], metric_here)
         handles = [Line2D([], [], color=method_color(m), linewidth=2) for m in present]
         fig.legend(handles, [method_label(m) for m in present], loc="outside lower center",
                    ncols=max(len(present), 1), frameon=False)
