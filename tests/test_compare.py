@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fakeruns import metric_rows, write_metric_rows
 from tram.cli import app, compare_configs
 from tram.experiments.store import load_run, run_name, write_json_atomic
-from tram.report.compare import MethodResult, compare_runs, pair_verdict, welch_interval
+from tram.report.compare import MethodResult, compare_runs, pair_verdict, paired_interval, welch_interval
 
 T_975_DOF4 = 2.7764451051977987  # Student t quantile 0.975 at 4 degrees of freedom (tables: 2.776)
 
@@ -31,6 +31,22 @@ def test_welch_interval_hand_worked():
     assert welch_interval([1, 1], [2, 2]) == (-1.0, -1.0, -1.0, math.inf)
     with pytest.raises(ValueError, match="at least 2 values"):
         welch_interval([1.0], [1.0, 2.0])
+
+
+T_975_DOF2 = 4.302652729911275  # Student t quantile 0.975 at 2 degrees of freedom (tables: 4.303)
+
+
+def test_paired_interval_hand_worked():
+    """x - y = (1, 2, 3) - (0, 1, 0) = (1, 1, 3): mean 5/3, sd sqrt(4/3), three pairs, so the
+    half-width is t_{2} * sqrt(4/3) / sqrt(3) = t_{2} * 2/3."""
+    d, lo, hi = paired_interval([1, 2, 3], [0, 1, 0])
+    assert d == pytest.approx(5 / 3)
+    assert lo == pytest.approx(5 / 3 - T_975_DOF2 * 2 / 3) and hi == pytest.approx(5 / 3 + T_975_DOF2 * 2 / 3)
+    assert paired_interval([2, 3], [1, 2]) == (1.0, 1.0, 1.0)  # no spread: the point
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_interval([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="finite"):
+        paired_interval([1.0, math.nan], [1.0, 2.0])
 
 
 def _result(method, values):

@@ -307,6 +307,10 @@ def test_finite_seed_means_over_all_rows_and_over_the_last_span(tmp_path):
                                stealth_base("var", 1.0, 6.0) + 0.1 * np.array([-1.0, 0.0, 1.0]), rtol=1e-12)
     assert finite_seed_means(run, "stealth_loglik", span=1).size == 3  # only the last row, finite
     assert finite_seed_means(run, "test_success").size == 0  # NaN on SMAX: every seed dropped
+    # rows at 20k and 30k (i = 2, 3) average to 0.5; 10k is outside (lo < env_steps <= hi)
+    np.testing.assert_allclose(finite_seed_means(run, "test_win_rate", between=(10_000, 30_000)),
+                               0.5 * levels, rtol=1e-12)
+    assert finite_seed_means(run, "test_win_rate", between=(60_000, 90_000)).size == 0
 
 
 def test_mean_ci_text():

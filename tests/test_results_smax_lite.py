@@ -57,3 +57,52 @@ def test_smax_lite_dry_run_plans_p4(tmp_path):
     assert r.exit_code == 0, r.output
     assert "p4: clean QMIX on 3m, 3 seeds, 1,000,000 steps" in r.output
     assert "reaches 0.6" in r.output
+
+
+def test_claims_fig1_windows_and_recovery(tmp_path, capsys):
+    """Hand-built Fig. 1 runs (S = 50k, 100k steps, evaluation every 1k, 3 seeds): clean wins
+    0.8 throughout; after S the test-only run wins 0.2 + 0.1 seed; the training-and-test run
+    wins 0.2 + 0.1 seed early (S < step <= 60k) and 0.7 + 0.1 seed late (90k < step <= 100k).
+    So its recovery is exactly +0.5 for every seed (paired: the point), the test-only run's 0,
+    and early both attacked runs are 0.5 below clean on average (0.3 against 0.8)."""
+    import importlib.util
+    import json
+    import math
+
+    from tram.cli import fig1_configs
+    from tram.experiments.store import METRIC_COLUMNS, run_name, write_csv_atomic, write_json_atomic
+
+    start, steps, seeds = 50_000, 100_000, (0, 1, 2)
+    configs = fig1_configs("3m", steps, seeds, start, 1.0)
+    assert [c.run.eval_interval for c in configs] == [1000] * 3
+
+    def win(name, seed, step):
+        if name == "none" or step <= start:
+            return 0.8
+        if name == "test" or step <= 75_000:
+            return 0.2 + 0.1 * seed
+        return 0.7 + 0.1 * seed
+
+    for name, c in zip(("none", "test", "both"), configs):
+        d = tmp_path / run_name(c.to_dict())
+        write_json_atomic(d / "config.json", c.to_dict())
+        rows = [{"seed": s, "env_steps": k * 1000, "test_win_rate": win(name, s, k * 1000), "test_return": 1.0}
+                for s in seeds for k in range(101)]
+        write_csv_atomic(d / "metrics.csv", METRIC_COLUMNS, [[r.get(col, math.nan) for col in METRIC_COLUMNS]
+                                                              for r in rows])
+        write_json_atomic(d / "summary.json", {"status": "done", "final": {
+            str(s): {"test_win_rate": win(name, s, steps)} for s in seeds}})
+    spec = importlib.util.spec_from_file_location("claims", ROOT / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    claims.fig1(tmp_path)
+    out = capsys.readouterr().out
+    assert "early (50,000, 60,000], late (90,000, 100,000]" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if "(paired)" in line}
+    assert sorted(lines) == ["none", "worst_q_both", "worst_q_test"]
+    assert "late - early 0.000 [0.000, 0.000] (paired)" in lines["none"]
+    assert "late - early 0.500 [0.500, 0.500] (paired)" in lines["worst_q_both"]
+    assert "late - early 0.000 [0.000, 0.000] (paired)" in lines["worst_q_test"]
+    assert "worst_q_test - none, early: -0.500 [" in out  # 0.3 - 0.8
+    assert "worst_q_both - worst_q_test, late: 0.500 [" in out  # (0.7, 0.8, 0.9) against (0.2, 0.3, 0.4)
+    assert json.loads((tmp_path / run_name(configs[2].to_dict()) / "config.json").read_text())["attack"]["attack_start"] == start

@@ -22,18 +22,30 @@ percentile-bootstrap CIs (2000 resamples, tram.report.stats.bootstrap_ci):
   probability ``pi(argmax delta_hat)`` under the clean policy (a likely action: the attack
   makes the agent exploit; an unlikely one: it makes it explore). States with one available
   action are left out of these two.
+
+Fig. 1 (QMIX, worst-Q attack from step S, runs of 2S steps): per run (clean, attacked at test
+time only, attacked at training and test time) the test win rate's per-seed mean in the
+first fifth of the attack period ("early": S < step <= 1.2 S) and in the last fifth ("late":
+1.8 S < step <= 2 S), bootstrap CIs over seeds; the recovery late - early per run as a
+paired t-interval over seeds (the same seed twice); and between runs, Welch intervals of
+the early drop against clean and of the late gap between the two attacked runs. The three
+runs are found by the names ``tram reproduce fig1`` gives them (the report keys the clean
+run together with the longer clean run P4 measured S on).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from tram.experiments.store import load_run, run_name
 from tram.report.collect import collect_runs, final_values, finite_seed_means
+from tram.report.compare import paired_interval, welch_interval
 from tram.report.plots import argmax_push_fraction, greedy_actions
-from tram.report.stats import mean_ci_text
+from tram.report.stats import ci_text, mean_ci_text
 
 
 def probability_push_fraction(samples: dict[str, np.ndarray]) -> float:
@@ -80,6 +92,40 @@ def main(root: str = "results/smax-lite/runs") -> None:
             same, p_target, n_multi = target_action_stats(run.attack_samples)
             print(f"  Fig. 4: argmax delta = argmax pi {100 * same:.0f}%, median pi(argmax delta) {p_target:.3f} "
                   f"({n_multi} states with >= 2 actions)")
+    fig1(Path(root))
+
+
+def fig1(root: Path) -> None:
+    """Print the Fig. 1 numbers (module docstring) for every set of finished fig1 runs under ``root``."""
+    from tram.cli import fig1_configs
+
+    configs = [json.loads(p.read_text()) for p in sorted(root.rglob("config.json"))]
+    starts = sorted({(c["env"]["name"], int(c["run"]["steps"]), int(c["attack"]["attack_start"]),
+                      tuple(c["run"]["seeds"])) for c in configs
+                     if c["learner"]["name"] == "qmix" and c["attack"]["method"] == "worst_q"
+                     and c["attack"]["attack_at"] == "both"})
+    for env, steps, start, seeds in starts:
+        configs = fig1_configs(env, steps, seeds, start, 1.0)
+        paths = [root / run_name(c.to_dict()) for c in configs]
+        if not all((p / "summary.json").exists() for p in paths):
+            print(f"Fig. 1 on {env}, S = {start:,}: not every run is finished ({', '.join(p.name for p in paths)})")
+            continue
+        runs = dict(zip(("none", "worst_q_test", "worst_q_both"), (load_run(p) for p in paths)))
+        early, late = (start, start + start // 5), (2 * start - start // 5, 2 * start)
+        print(f"Fig. 1 on {env}: QMIX, worst-Q from S = {start:,} to {steps:,} steps ({len(seeds)} seeds); "
+              f"early ({early[0]:,}, {early[1]:,}], late ({late[0]:,}, {late[1]:,}]")
+        means = {}
+        for name, run in runs.items():
+            e = finite_seed_means(run, "test_win_rate", between=early)
+            l_ = finite_seed_means(run, "test_win_rate", between=late)
+            means[name] = (e, l_)
+            print(f"  {name:<13} early {mean_ci_text(e)}   late {mean_ci_text(l_)}   "
+                  f"late - early {ci_text(paired_interval(l_, e))} (paired)")
+        for a, b, when in (("worst_q_test", "none", 0), ("worst_q_both", "none", 0),
+                           ("worst_q_test", "none", 1), ("worst_q_both", "none", 1),
+                           ("worst_q_both", "worst_q_test", 1)):
+            d, lo, hi, _ = welch_interval(means[a][when], means[b][when])
+            print(f"  {a} - {b}, {('early', 'late')[when]}: {ci_text((d, lo, hi))} (Welch)")
 
 
 if __name__ == "__main__":

@@ -221,10 +221,12 @@ def run_curve(
     return curve_with_ci(xs, ys, stat="mean", n_boot=n_boot, ci=ci)
 
 
-def finite_seed_means(run: Run, metric: str, span: int | None = None) -> np.ndarray:
+def finite_seed_means(run: Run, metric: str, span: int | None = None,
+                      between: tuple[int, int] | None = None) -> np.ndarray:
     """Per seed, the mean of ``metric`` over its evaluation rows (NaN rows ignored): all of
-    them, or with ``span`` only those in the seed's last ``span`` env steps (``env_steps >
-    max - span``). Seeds with no finite value there are dropped. Returns ``[S']``."""
+    them; with ``span`` only those in the seed's last ``span`` env steps (``env_steps >
+    max - span``); with ``between=(lo, hi)`` only those with ``lo < env_steps <= hi``.
+    Seeds with no finite value there are dropped. Returns ``[S']``."""
     out = []
     for seed in run.seeds:
         rows = run.seed_rows(seed)
@@ -232,6 +234,8 @@ def finite_seed_means(run: Run, metric: str, span: int | None = None) -> np.ndar
         keep = np.isfinite(v)
         if span is not None:
             keep &= rows["env_steps"] > rows["env_steps"].max() - span
+        if between is not None:
+            keep &= (rows["env_steps"] > between[0]) & (rows["env_steps"] <= between[1])
         if keep.any():
             out.append(float(v[keep].mean()))
     return np.asarray(out, dtype=np.float64)

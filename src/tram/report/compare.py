@@ -61,6 +61,28 @@ def welch_interval(x: Sequence[float], y: Sequence[float], ci: float = 0.95) -> 
     return d, d - half, d + half, float(dof)
 
 
+def paired_interval(x: Sequence[float], y: Sequence[float], ci: float = 0.95) -> tuple[float, float, float]:
+    """``(mean(x - y), lo, hi)``: the t-interval of the mean of the paired differences
+    ``x[i] - y[i]`` (the same seed measured twice, e.g. a run's win rate late in training
+    against early), ``d +- t_{n-1, (1+ci)/2} * sd(x - y) / sqrt(n)``. Zero spread gives the point.
+
+    Raises:
+        ValueError: unequal lengths, fewer than 2 pairs, or a non-finite value.
+    """
+    from scipy.stats import t
+
+    a, b = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ValueError(f"a paired interval needs two equal-length samples of at least 2 values, "
+                         f"got shapes {a.shape} and {b.shape}")
+    diff = a - b
+    if not np.isfinite(diff).all():
+        raise ValueError("a paired interval needs finite values")
+    d = float(diff.mean())
+    half = float(t.ppf(0.5 + ci / 2.0, diff.size - 1)) * float(diff.std(ddof=1)) / math.sqrt(diff.size)
+    return d, d - half, d + half
+
+
 @dataclass(frozen=True)
 class MethodResult:
     """One method's numbers over its seeds; each interval is ``(mean, lo, hi)``."""
