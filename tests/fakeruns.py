@@ -118,9 +118,10 @@ def make_fake_run(
     done: bool = True,
     samples: bool = True,
     n_evals: int | None = None,
+    steps: int = 50_000,
 ) -> Path:
     """Write one run directory under ``root``; returns its path."""
-    config = fake_config(env, method, f_a, kl_u, learner, seeds)
+    config = fake_config(env, method, f_a, kl_u, learner, seeds, steps)
     run_dir = Path(root) / run_name(config)
     write_json_atomic(run_dir / "config.json", config)
     write_metric_rows(run_dir / "metrics.csv", metric_rows(config, n_evals))

@@ -12,7 +12,7 @@ import pytest
 from fakeruns import ALIVE_SHARE, FINAL_BASE, make_fake_run, make_legacy, stealth_base
 from tram.experiments.store import load_run
 from tram.report import make_report
-from tram.report.collect import collect_runs, finite_seed_means
+from tram.report.collect import RunKey, collect_runs, finite_seed_means
 from tram.report.stats import bootstrap_ci, ci_text, curve_with_ci, iqm, mean_ci_text
 
 METHODS = ("none", "random", "jbased", "var")
@@ -322,3 +322,19 @@ def test_mean_ci_text():
     assert ci_text((0.5, 0.25, 0.75), width=6) == " 0.500 [0.250, 0.750]" and ci_text(None) == "-"
     _, lo, hi = bootstrap_ci([1.0, 2.0, 4.0], "mean", 2000, 0.95)
     assert mean_ci_text([1.0, 2.0, 4.0]) == f"2.333 [{lo:.3f}, {hi:.3f}]"
+
+
+def test_duplicate_runs_keep_the_one_as_long_as_the_attacked_runs(tmp_path):
+    """Two finished clean runs on 3m (50k and 100k steps): alone, the longer is kept; beside an
+    attacked run of 50k steps (Fig. 1's clean run beside the longer one P4 measured on), the
+    50k one, and the report notes which it ignored."""
+    short = make_fake_run(tmp_path, "3m", "none", steps=50_000)
+    long_ = make_fake_run(tmp_path, "3m", "none", steps=100_000)
+    key = RunKey("3m", "dop", "none", None, None)
+    messages: list[str] = []
+    assert collect_runs(tmp_path, log=messages.append).runs[key].path == long_
+    assert any(f"using {long_.name}, ignoring {short.name}" in m for m in messages)
+    make_fake_run(tmp_path, "3m", "var", steps=50_000)
+    assert collect_runs(tmp_path).runs[key].path == short
+    make_fake_run(tmp_path, "2s3z", "var", steps=100_000)  # another map's length does not count
+    assert collect_runs(tmp_path).runs[key].path == short

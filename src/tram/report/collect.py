@@ -157,16 +157,20 @@ def run_has_win_rate(run: Run) -> bool:
     return bool(np.isfinite(run.metrics["test_win_rate"]).any())
 
 
-def _preference(run: Run) -> tuple:
-    return (run.status == "done", int(run.config["run"]["steps"]), len(run.seeds))
+def _preference(run: Run, partner_steps: set[int]) -> tuple:
+    steps = int(run.config["run"]["steps"])
+    return (run.status == "done", steps in partner_steps, steps, len(run.seeds))
 
 
 def collect_runs(
     root: Path, include_partial: bool = False, log: Callable[[str], None] | None = None
 ) -> Store:
     """Load every run under ``root``; corrupt runs and (by default) partial runs are left out
-    with a note, and when several runs share a :class:`RunKey` the finished one with the most
-    env steps, then seeds, then the first by name is kept (also noted).
+    with a note, and when several runs share a :class:`RunKey` one is kept (also noted): a
+    finished one; then one as long (``run.steps``) as some run of another key on the same env
+    and learner (the clean run trained beside the attacked ones, e.g. Fig. 1's ``2S``-step
+    clean run rather than a longer clean run of the same map); then the most env steps, the
+    most seeds, the first by name.
 
     Raises:
         ConfigError: a run's ``attack.method`` is not in the table of attack methods (the
@@ -200,7 +204,9 @@ def collect_runs(
         candidates.setdefault(RunKey.of(run), []).append(run)
     for key in sorted(candidates, key=_sort_key):
         runs = sorted(candidates[key], key=lambda r: r.name)
-        best = max(runs, key=_preference)  # max keeps the first of equals
+        partner_steps = {int(r.config["run"]["steps"]) for k, rs in candidates.items()
+                         if k != key and (k.env, k.learner) == (key.env, key.learner) for r in rs}
+        best = max(runs, key=lambda r: _preference(r, partner_steps))  # max keeps the first of equals
         if len(runs) > 1:
             others = ", ".join(r.name for r in runs if r is not best)
             note(f"several runs for {key.algo_name} on {key.env}: using {best.name}, ignoring {others}")
