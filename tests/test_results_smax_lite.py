@@ -67,10 +67,10 @@ def test_claims_fig1_windows_and_recovery(tmp_path, capsys):
     and early both attacked runs are 0.5 below clean on average (0.3 against 0.8)."""
     import importlib.util
     import json
-    import math
 
+    from fakeruns import write_metric_rows
     from tram.cli import fig1_configs
-    from tram.experiments.store import METRIC_COLUMNS, run_name, write_csv_atomic, write_json_atomic
+    from tram.experiments.store import run_name, write_json_atomic
 
     start, steps, seeds = 50_000, 100_000, (0, 1, 2)
     configs = fig1_configs("3m", steps, seeds, start, 1.0)
@@ -88,8 +88,7 @@ def test_claims_fig1_windows_and_recovery(tmp_path, capsys):
         write_json_atomic(d / "config.json", c.to_dict())
         rows = [{"seed": s, "env_steps": k * 1000, "test_win_rate": win(name, s, k * 1000), "test_return": 1.0}
                 for s in seeds for k in range(101)]
-        write_csv_atomic(d / "metrics.csv", METRIC_COLUMNS, [[r.get(col, math.nan) for col in METRIC_COLUMNS]
-                                                              for r in rows])
+        write_metric_rows(d / "metrics.csv", rows)
         write_json_atomic(d / "summary.json", {"status": "done", "final": {
             str(s): {"test_win_rate": win(name, s, steps)} for s in seeds}})
     spec = importlib.util.spec_from_file_location("claims", ROOT / "claims.py")

@@ -105,8 +105,7 @@ def fig1(root: Path) -> None:
                      if c["learner"]["name"] == "qmix" and c["attack"]["method"] == "worst_q"
                      and c["attack"]["attack_at"] == "both"})
     for env, steps, start, seeds in starts:
-        configs = fig1_configs(env, steps, seeds, start, 1.0)
-        paths = [root / run_name(c.to_dict()) for c in configs]
+        paths = [root / run_name(c.to_dict()) for c in fig1_configs(env, steps, seeds, start, 1.0)]
         if not all((p / "summary.json").exists() for p in paths):
             print(f"Fig. 1 on {env}, S = {start:,}: not every run is finished ({', '.join(p.name for p in paths)})")
             continue
