@@ -82,8 +82,8 @@ def test_report_keys_name_the_runs_fig1_and_the_surrogate_critic_use():
     assert series_parts(series_key("var", "train", "surrogate")) == ("var", None, "surrogate")
     fig1 = [run_name(c.to_dict()) for c in fig1_configs("3m", 600_000, (0, 1, 2), 300_000, 1.0)]
     ours = compare_configs("3m", "qmix", ["none", "worst_q_test", "worst_q_both"], 600_000, 3, 1.0, None, None,
-                           None, 300_000, 6_000, None, [])
-    assert [run_name(c.to_dict()) for c in ours] == fig1
+                           None, 300_000, 6_000, None, ["env.normalise_state=True"])
+    assert [run_name(c.to_dict()) for c in ours] == fig1  # fig1's runs scale the state (FIG1_SETS)
     sur = compare_configs("3m", "coma", ["var", "var_surrogate"], 1000, 2, None, None, None, None, None, None,
                           None, [])
     assert [c.attack.critic for c in sur] == ["learner", "surrogate"]

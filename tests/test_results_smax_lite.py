@@ -55,7 +55,7 @@ def test_smax_lite_dry_run_plans_p4(tmp_path):
     r = CliRunner().invoke(app, ["reproduce", "smax-lite", "--parts", "p4", "--dry-run", "--out", str(tmp_path / "r"),
                                  "--report", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
-    assert "p4: clean QMIX on 3m, 3 seeds, 1,000,000 steps" in r.output
+    assert "p4: clean QMIX on 3m, 3 seeds, 200,000 steps" in r.output
     assert "reaches 0.6" in r.output
 
 

@@ -339,6 +339,36 @@ def test_won_and_terminated_flags(health, terminated, won):
         assert float(ts.reward) == 0.0  # and gives no bonus to a draw
 
 
+def test_normalised_state_by_hand():
+    # 2s3z (type indices: stalker 2, zealot 3; 6 one-hot bits): unit 0 a stalker at (16, 8) with half
+    # its health (160 -> 80) and weapon cooldown 0.935 (half the stalker's 1.87); unit 1 dead;
+    # every other unit as reset left it. Map 32 x 32.
+    env = _env("2s3z", normalise_state=True)
+    st, _ = jax.jit(env.reset_arrays)(jax.random.PRNGKey(3))
+    core = st.state
+    n = core.unit_health.shape[0]
+    core = core.replace(
+        unit_health=core.unit_health.at[0].set(80.0).at[1].set(0.0),
+        unit_alive=core.unit_alive.at[1].set(False),
+        unit_positions=core.unit_positions.at[0].set(jnp.array([16.0, 8.0])),
+        unit_weapon_cooldowns=core.unit_weapon_cooldowns.at[0].set(0.935).at[2].set(-3.0),
+    )
+    s = np.asarray(env.normalised_world_state(st.replace(state=core)))
+    assert s.shape == (env.spec.state_dim,) == (n * 10 + 2 * n,)
+    np.testing.assert_allclose(s[:10], [0.5, 0.5, 0.25, 0.5, 0, 0, 1, 0, 0, 0], rtol=1e-6)
+    assert np.all(s[10:20] == 0.0)  # a dead unit: zeros
+    assert s[20 + 3] == 0.0  # a negative cooldown (idle weapon) clips to 0
+    units = s[: n * 10].reshape(n, 10)
+    assert np.all((units >= 0.0) & (units <= 1.0))
+    np.testing.assert_array_equal(s[n * 10: n * 10 + n], np.asarray(core.unit_teams, np.float32))
+    np.testing.assert_allclose(s[n * 10 + n:], np.asarray(core.unit_types, np.float32) / 5.0)
+    # the TimeStep carries it; without the option, JaxMARL's raw world state (positions up to 32)
+    _, ts = jax.jit(env.step_arrays)(jax.random.PRNGKey(0), st, jnp.full((5,), STOP))
+    _, raw = jax.jit(_env("2s3z").step_arrays)(jax.random.PRNGKey(0), st, jnp.full((5,), STOP))
+    assert float(jnp.max(ts.state)) <= 1.0 < float(jnp.max(raw.state))
+    np.testing.assert_array_equal(np.asarray(ts.obs), np.asarray(raw.obs))
+
+
 def test_time_limit_is_done_not_terminated():
     env = _env("3m", enemy_shoots=False, max_steps=12)
     assert env.spec.episode_limit == 12
@@ -407,7 +437,8 @@ def test_unknown_map_message_lists_accepted():
         ({"max_steps": 0}, ["max_steps", "0", ">= 1"]),
         ({"max_steps": 2.5}, ["max_steps", "2.5", "int"]),
         ({"max_steps": True}, ["max_steps", "True"]),
-        ({"colour": "red"}, ["colour", "enemy_shoots", "attack_mode", "max_steps"]),
+        ({"normalise_state": 1}, ["normalise_state", "1", "True or False"]),
+        ({"colour": "red"}, ["colour", "enemy_shoots", "attack_mode", "max_steps", "normalise_state"]),
     ],
 )
 def test_bad_options_messages(options, words):

@@ -365,6 +365,19 @@ def apply_overrides(cfg_dict: dict, sets: Sequence[str] | Mapping[str, Any] = ()
     return cfg_dict
 
 
+def config_warnings(cfg: TrainConfig) -> list[str]:
+    """Measured pitfalls of ``cfg`` that are not errors, one sentence each (``tram train`` prints
+    them): QMIX on a SMAX map without ``env.normalise_state=True`` (with SMAX's raw world state
+    QMIX does not learn 3m; ``docs/learners.md``, "QMIX on SMAX")."""
+    out = []
+    if (cfg.learner.name == "qmix" and env_spec(cfg.env.name, cfg.env.options).family == "smax"
+            and not dict(cfg.env.options).get("normalise_state", False)):
+        out.append("QMIX on a SMAX map with SMAX's raw world state (positions up to 32) did not learn 3m in 730k "
+                   "steps (test win rate 0); --set env.normalise_state=True scales the state as SMAC does "
+                   "(docs/learners.md, 'QMIX on SMAX')")
+    return out
+
+
 def build_train_config(env: str | None = None, learner: str | None = None, attack: str | None = None, *,
                        steps: Any = None, seeds: Any = None, f_a: Any = None, kl_u: Any = None, agent: Any = None,
                        attack_at: str | None = None, attack_start: Any = None, eval_interval: Any = None,

@@ -181,7 +181,7 @@ DEFAULT_EPISODE_LIMIT = 100
 """JaxMARL's ``max_steps`` default, kept for every map but those in ``_EPISODE_LIMITS``."""
 _EPISODE_LIMITS: dict[str, int] = {"2s_vs_1sc": 200}
 ATTACK_MODES: tuple[str, ...] = ("closest", "random")
-OPTIONS: tuple[str, ...] = ("enemy_shoots", "attack_mode", "max_steps")
+OPTIONS: tuple[str, ...] = ("enemy_shoots", "attack_mode", "max_steps", "normalise_state")
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ class SmaxEnv(TramEnv):
     state, ``.enemy_policy_state`` the heuristic's memory).
     """
 
-    def __init__(self, name: str, smax_map: SmaxMap, inner: HeuristicEnemySMAX):
+    def __init__(self, name: str, smax_map: SmaxMap, inner: HeuristicEnemySMAX, normalise_state: bool = False):
         n = inner.num_allies
         types = (
             ("random",) * n
@@ -326,6 +326,7 @@ class SmaxEnv(TramEnv):
         )
         self.smax_map = smax_map
         self.inner = inner
+        self.normalise_state = bool(normalise_state)
         self.agents = list(inner.agents)
         self.observation_spaces = {a: inner.observation_spaces[a] for a in self.agents}
         self.action_spaces = {a: inner.action_spaces[a] for a in self.agents}
@@ -344,13 +345,33 @@ class SmaxEnv(TramEnv):
         done = jnp.asarray(done, bool)
         return TimeStep(
             obs=jnp.stack([obs[a] for a in self.agents]).astype(jnp.float32),
-            state=jnp.asarray(obs["world_state"], jnp.float32),
+            state=(self.normalised_world_state(env_state) if self.normalise_state
+                   else jnp.asarray(obs["world_state"], jnp.float32)),
             avail=self.avail_arrays(env_state),
             reward=jnp.asarray(reward, jnp.float32),
             done=done,
             terminated=done & (allies_dead | enemies_dead),
             won=done & enemies_dead & ~allies_dead,
         )
+
+    def normalised_world_state(self, env_state) -> jax.Array:
+        """``[S]`` the world state with SMAX's own-unit observation scaling (option
+        ``normalise_state``): per unit ``[health fraction, x / map width, y / map height,
+        clip(weapon cooldown / the type's cooldown, 0, 1), type one-hot]`` (zeros for a
+        dead unit: the features of JaxMARL's ``_get_own_features``), then the units' teams
+        (0 / 1) and their type indices divided by the largest type index (in ``[0, 1]``).
+        Same layout and size as JaxMARL's ``world_state``, whose positions (up to the map
+        size, 32) and cooldowns are raw."""
+        smax, st = self.inner._env, env_state.state  # the SMAX core: all units, allies and enemies
+        health = st.unit_health / smax.unit_type_health[st.unit_types]
+        pos = st.unit_positions / jnp.array([smax.map_width, smax.map_height])
+        cooldown = jnp.clip(st.unit_weapon_cooldowns / smax.unit_type_weapon_cooldowns[st.unit_types], 0.0, 1.0)
+        one_hot = jax.nn.one_hot(st.unit_types, smax.unit_type_bits)
+        units = jnp.concatenate([health[:, None], pos, cooldown[:, None], one_hot], axis=1)
+        units = jnp.where(st.unit_alive[:, None], units, 0.0)
+        top = max(smax.unit_type_bits - 1, 1)
+        return jnp.concatenate([units.reshape(-1), st.unit_teams.astype(jnp.float32),
+                                st.unit_types.astype(jnp.float32) / top]).astype(jnp.float32)
 
     def reset_arrays(self, key: jax.Array):
         """New episode: ``(env_state, TimeStep)`` with reward 0 and every flag False."""
@@ -416,6 +437,11 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral) or v < 1:
             raise ValueError(f"SMAX option max_steps must be an int >= 1, got {v!r}")
         out["max_steps"] = int(v)
+    if "normalise_state" in options:
+        v = options["normalise_state"]
+        if not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"SMAX option normalise_state must be a bool (True or False), got {v!r}")
+        out["normalise_state"] = bool(v)
     return out
 
 
@@ -437,6 +463,7 @@ def make_smax_env(name: str, **options) -> SmaxEnv:
     if not isinstance(name, str) or name not in _MAPS:
         raise ValueError(f"unknown SMAX map {name!r}; accepted: {', '.join(_MAP_NAMES)}")
     opts = _check_options(options)
+    normalise_state = opts.pop("normalise_state", False)
     smax_map = _MAPS[name]
     ut = smax_map.unit_types
     kwargs: dict[str, Any] = dict(
@@ -458,4 +485,4 @@ def make_smax_env(name: str, **options) -> SmaxEnv:
         inner: HeuristicEnemySMAX = StaticUnitsHeuristicEnemySMAX(static, **kwargs)
     else:
         inner = HeuristicEnemySMAX(**kwargs)
-    return SmaxEnv(name, smax_map, inner)
+    return SmaxEnv(name, smax_map, inner, normalise_state=normalise_state)
