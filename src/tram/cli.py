@@ -348,8 +348,8 @@ reaches :data:`P4_WIN_RATE` (measured with 2 seeds: 30k to 60k steps; 0.75 at 20
 FIG1_SETS = ("env.normalise_state=True",)
 """Settings of every Fig. 1 (QMIX) run: the SMAX world state scaled as SMAC scales its state
 (``normalise_state``, :meth:`tram.envs.smax.SmaxEnv.normalised_world_state`). With
-JaxMARL's raw world state (positions up to 32) QMIX's mixer does not learn 3m: TD loss 3 to
-15 and test win rate 0.0 after 730k steps, against TD loss < 0.02 and a win rate of 0.56 at
+JaxMARL's raw world state (positions up to 32) QMIX does not learn 3m: TD loss 2.9
+to 14.6 and test win rate 0.0 after 730k steps, against TD loss < 0.02 and a win rate of 0.56 at
 30k steps with it (``docs/learners.md``, "QMIX on SMAX")."""
 P4_WIN_RATE = 0.6
 
