@@ -96,6 +96,7 @@ def test_claims_fig1_windows_and_recovery(tmp_path, capsys):
     spec.loader.exec_module(claims)
     claims.fig1(tmp_path)
     out = capsys.readouterr().out
+    assert "worst-Q at f_A = 1 from S = 50,000 to 100,000 steps" in out
     assert "early (50,000, 60,000], late (90,000, 100,000]" in out
     lines = {line.split()[0]: line for line in out.splitlines() if "(paired)" in line}
     assert sorted(lines) == ["none", "worst_q_both", "worst_q_test"]

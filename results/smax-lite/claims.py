@@ -28,9 +28,10 @@ time only, attacked at training and test time) the test win rate's per-seed mean
 first fifth of the attack period ("early": S < step <= 1.2 S) and in the last fifth ("late":
 1.8 S < step <= 2 S), bootstrap CIs over seeds; the recovery late - early per run as a
 paired t-interval over seeds (the same seed twice); and between runs, Welch intervals of
-the early drop against clean and of the late gap between the two attacked runs. The three
-runs are found by the names ``tram reproduce fig1`` gives them (the report keys the clean
-run together with the longer clean run P4 measured S on).
+the early drop against clean and of the late gap between the two attacked runs; one block
+per attack frequency f_A found (``tram reproduce fig1 --fa``). The three runs are found by
+the names ``tram reproduce fig1`` gives them (the report keys the clean run together with
+the longer clean run P4 measured S on).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main(root: str = "results/smax-lite/runs") -> None:
             for metric in ("stealth_loglik", "stealth_loglik_alive", "pmax_before", "pmax_after",
                            "saturated_frac", "kl_mean"):
                 print(f"  {metric:<29} {mean_ci_text(finite_seed_means(run, metric))}")
-        if run.attack_samples is not None:
+        if run.attack_samples is not None and len(run.attack_samples["pi"]) > 0:  # worst-Q records none
             n = len(run.attack_samples["pi"])
             print(f"  Fig. 4: raises argmax logit   {100 * argmax_push_fraction(run.attack_samples):.0f}% of {n} states")
             print(f"  Fig. 4: raises argmax prob.   {100 * probability_push_fraction(run.attack_samples):.0f}% of {n} states")
@@ -101,17 +102,18 @@ def fig1(root: Path) -> None:
 
     configs = [json.loads(p.read_text()) for p in sorted(root.rglob("config.json"))]
     starts = sorted({(c["env"]["name"], int(c["run"]["steps"]), int(c["attack"]["attack_start"]),
-                      tuple(c["run"]["seeds"])) for c in configs
+                      tuple(c["run"]["seeds"]), float(c["attack"]["f_a"])) for c in configs
                      if c["learner"]["name"] == "qmix" and c["attack"]["method"] == "worst_q"
-                     and c["attack"]["attack_at"] == "both"})
-    for env, steps, start, seeds in starts:
-        paths = [root / run_name(c.to_dict()) for c in fig1_configs(env, steps, seeds, start, 1.0)]
+                     and c["attack"]["attack_at"] == "both"}, key=lambda t: (t[:4], -t[4]))
+    for env, steps, start, seeds, fa in starts:
+        paths = [root / run_name(c.to_dict()) for c in fig1_configs(env, steps, seeds, start, fa)]
         if not all((p / "summary.json").exists() for p in paths):
             print(f"Fig. 1 on {env}, S = {start:,}: not every run is finished ({', '.join(p.name for p in paths)})")
             continue
         runs = dict(zip(("none", "worst_q_test", "worst_q_both"), (load_run(p) for p in paths)))
         early, late = (start, start + start // 5), (2 * start - start // 5, 2 * start)
-        print(f"Fig. 1 on {env}: QMIX, worst-Q from S = {start:,} to {steps:,} steps ({len(seeds)} seeds); "
+        print(f"Fig. 1 on {env}: QMIX, worst-Q at f_A = {fa:g} from S = {start:,} to {steps:,} steps "
+              f"({len(seeds)} seeds); "
               f"early ({early[0]:,}, {early[1]:,}], late ({late[0]:,}, {late[1]:,}]")
         means = {}
         for name, run in runs.items():
