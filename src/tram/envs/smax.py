@@ -117,7 +117,10 @@ Array view (:class:`SmaxEnv`)
 
 Options of :func:`make_smax_env`: ``enemy_shoots`` (bool, default True),
 ``attack_mode`` (``"closest"`` or ``"random"``, the heuristic's targeting, default
-``"closest"``), ``max_steps`` (int >= 1, the episode limit; default per map, above).
+``"closest"``), ``max_steps`` (int >= 1, the episode limit; default per map, above),
+``normalise_state`` (bool, default False: JaxMARL's raw ``world_state``; True: the same
+layout with positions, cooldowns and type indices scaled to [0, 1],
+:meth:`SmaxEnv.normalised_world_state`; QMIX needs it, ``docs/envs.md``).
 
 Letters for shapes: ``N`` allied agents, ``A`` actions, ``D`` observation features,
 ``S`` state features.
@@ -451,7 +454,9 @@ def make_smax_env(name: str, **options) -> SmaxEnv:
     Args:
         name: one of :func:`smax_map_names`.
         **options: ``enemy_shoots`` (bool), ``attack_mode`` (``"closest"`` or
-            ``"random"``), ``max_steps`` (int >= 1, the episode limit).
+            ``"random"``), ``max_steps`` (int >= 1, the episode limit),
+            ``normalise_state`` (bool: the scaled state of
+            :meth:`SmaxEnv.normalised_world_state` instead of JaxMARL's raw one).
 
     Returns:
         A :class:`SmaxEnv` (a :class:`~tram.envs.base.TramEnv`).
