@@ -536,6 +536,8 @@ def test_qmix_on_smax_warns_without_the_scaled_state():
     assert FIG1_SETS == ("env.normalise_state=True",)
     for c in fig1_configs("3m", 1000, (0,), 500, 1.0):
         assert dict(c.env.options) == {"normalise_state": True} and config_warnings(c) == []
+    for c in fig1_configs("gather", 1000, (0,), 500, 1.0):  # the grid tasks have no such option
+        assert dict(c.env.options) == {}
 
 
 @pytest.mark.slow  # test_fig1_branch_starts_from_the_clean_runs_kept_state covers the branch in the default run
