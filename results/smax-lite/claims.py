@@ -23,10 +23,10 @@ percentile-bootstrap CIs (2000 resamples, tram.report.stats.bootstrap_ci):
   makes the agent exploit; an unlikely one: it makes it explore). States with one available
   action are left out of these two.
 
-Fig. 1 (QMIX, worst-Q attack from step S, runs of 2S steps): per run (clean, attacked at test
-time only, attacked at training and test time) the test win rate's per-seed mean in the
-first fifth of the attack period ("early": S < step <= 1.2 S) and in the last fifth ("late":
-1.8 S < step <= 2 S), bootstrap CIs over seeds; the recovery late - early per run as a
+Fig. 1 (QMIX, worst-Q attack from step S, runs of 2S steps, or any length T > S): per run
+(clean, attacked at test time only, attacked at training and test time) the test win rate's
+per-seed mean in the first fifth of the attack period ("early": S < step <= 1.2 S when
+T = 2S) and in the last fifth ("late": 1.8 S < step <= 2 S), bootstrap CIs over seeds; the recovery late - early per run as a
 paired t-interval over seeds (the same seed twice); and between runs, Welch intervals of
 the early drop against clean and of the late gap between the two attacked runs; one block
 per attack frequency f_A found (``tram reproduce fig1 --fa``). The three runs are found by
@@ -111,7 +111,8 @@ def fig1(root: Path) -> None:
             print(f"Fig. 1 on {env}, S = {start:,}: not every run is finished ({', '.join(p.name for p in paths)})")
             continue
         runs = dict(zip(("none", "worst_q_test", "worst_q_both"), (load_run(p) for p in paths)))
-        early, late = (start, start + start // 5), (2 * start - start // 5, 2 * start)
+        fifth = (steps - start) // 5  # the attack period's first and last fifths (S / 5 when steps = 2S)
+        early, late = (start, start + fifth), (steps - fifth, steps)
         print(f"Fig. 1 on {env}: QMIX, worst-Q at f_A = {fa:g} from S = {start:,} to {steps:,} steps "
               f"({len(seeds)} seeds); "
               f"early ({early[0]:,}, {early[1]:,}], late ({late[0]:,}, {late[1]:,}]")
