@@ -80,6 +80,8 @@ CASES = [
     (["report", "/nonexistent/tram-runs"], ["runs", "/nonexistent/tram-runs", "does not exist"]),
     (["report", "EMPTY"], ["runs", "empty_dir", "no run directory"]),
     (["report", "FILE"], ["runs", "a_file.txt", "not a directory"]),
+    (["report", "EMPTY", "--fa", "2"], ["--fa", "'2'", "[0, 1]"]),
+    (["report", "EMPTY", "--kl", "-1"], ["--kl", "'-1'", ">= 0"]),
     (["train", "--env", "gather", "--checkpoint-every", "nan"], ["--checkpoint-every", "'nan'", "finite number > 0"]),
     (["train", "--env", "gather", "--checkpoint-every", "-1"], ["--checkpoint-every", "'-1'", "finite number > 0"]),
     (["train", "--env", "3m", "--attacked-agent", "2"], ["--attacked-agent", "2", "without an attack"]),

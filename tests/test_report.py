@@ -338,3 +338,24 @@ def test_duplicate_runs_keep_the_one_as_long_as_the_attacked_runs(tmp_path):
     assert collect_runs(tmp_path).runs[key].path == short
     make_fake_run(tmp_path, "2s3z", "var", steps=100_000)  # another map's length does not count
     assert collect_runs(tmp_path).runs[key].path == short
+
+
+def test_report_cli_fa_picks_the_budget_of_curves_and_table1(tmp_path):
+    # var, jbased, random at f_A = 0.5 only: the default report (f_A = 1) has no Table 1; with
+    # --fa 0.5 it has one, each cell stealth_base(method, 0.5, 6) (fakeruns: exact by construction)
+    from typer.testing import CliRunner
+
+    from tram.cli import app
+
+    root = tmp_path / "runs"
+    make_fake_run(root, "3m", "none", learner="dop")
+    for m in ("var", "jbased", "random"):
+        make_fake_run(root, "3m", m, 0.5, 6.0, learner="dop")
+    r = CliRunner().invoke(app, ["report", str(root), "--out", str(tmp_path / "main")])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "main" / "tables" / "table1_stealth_dop.md").exists()
+    r = CliRunner().invoke(app, ["report", str(root), "--out", str(tmp_path / "half"), "--fa", "0.5"])
+    assert r.exit_code == 0, r.output
+    table = (tmp_path / "half" / "tables" / "table1_stealth_dop.md").read_text()
+    for m in ("var", "jbased", "random"):
+        assert f"{stealth_base(m, 0.5, 6.0):.2f}" in table, (m, table)

@@ -21,7 +21,7 @@ from typing import Callable, NoReturn, Optional
 import typer
 from typer.models import OptionInfo
 
-from tram.validation import ConfigError
+from tram.validation import ConfigError, real_number
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tram: training-time attacks (TRAM) on cooperative multi-agent RL.")
@@ -280,13 +280,18 @@ def check_runs_dir(runs: Path) -> list[Path]:
 def report(
     runs: Path = typer.Argument(Path("runs"), help="Run store directory (read only)."),
     out: Path = typer.Option(Path("report"), help="Where figures and tables go."),
+    fa: str = typer.Option("1", "--fa", help="f_A of the attacked runs the learning-curve figures and "
+                                             "Table 1 show (default 1, the paper's main budget)."),
+    kl: str = typer.Option("6", "--kl", help="KL_U of the attacked runs the learning-curve figures and "
+                                             "Table 1 show (default 6)."),
 ):
     """Figures and tables (curves with CIs, Tables 1-3, Fig. 4, marl-eval JSON) from the store."""
+    f_a, kl_u = real_number(fa, "--fa", 0.0, 1.0), real_number(kl, "--kl", 0.0)
     check_runs_dir(runs)
     check_out_dir(out)
     from tram.report import make_report
 
-    paths = make_report(runs, out)
+    paths = make_report(runs, out, f_a=f_a, kl_u=kl_u)
     typer.echo(f"wrote {len(paths)} files to {out} (index: {out / 'index.md'})")
 
 
