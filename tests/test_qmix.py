@@ -520,7 +520,7 @@ def test_qmix_wins_3m():
     # with SMAX's state scaled as SMAC's (docs/learners.md, "QMIX on SMAX"): measured 0.75 for
     # both seeds at 200k steps
     _, won = _train_final("3m", qmix.QMIXConfig(), 300_000, seeds=(0, 1), options=(("normalise_state", True),))
-    print(f"QMIX on 3m, 1M steps: final test win rate per seed {won}")
+    print(f"QMIX on 3m, 300k steps: final test win rate per seed {won}")
     assert np.all(won >= 0.6), f"QMIX on 3m: final test win rate {won}"
 
 

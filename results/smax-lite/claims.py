@@ -26,10 +26,10 @@ percentile-bootstrap CIs (2000 resamples, tram.report.stats.bootstrap_ci):
 Fig. 1 (QMIX, worst-Q attack from step S, runs of 2S steps, or any length T > S): per run
 (clean, attacked at test time only, attacked at training and test time) the test win rate's
 per-seed mean in the first fifth of the attack period ("early": S < step <= 1.2 S when
-T = 2S) and in the last fifth ("late": 1.8 S < step <= 2 S), bootstrap CIs over seeds; the recovery late - early per run as a
-paired t-interval over seeds (the same seed twice); and between runs, Welch intervals of
-the early drop against clean and of the late gap between the two attacked runs; one block
-per attack frequency f_A found (``tram reproduce fig1 --fa``). The three runs are found by
+T = 2S) and in the last fifth ("late": 1.8 S < step <= 2 S), bootstrap CIs over seeds; the
+recovery late - early per run as a paired t-interval over seeds (the same seed twice); and
+between runs, Welch intervals of the early drop against clean and of the late gap between
+the two attacked runs; one block per attack frequency f_A found (``tram reproduce fig1 --fa``). The three runs are found by
 the names ``tram reproduce fig1`` gives them (the report keys the clean run together with
 the longer clean run P4 measured S on).
 """

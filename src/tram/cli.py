@@ -351,11 +351,11 @@ P4_MEASURE = {"env": "3m", "steps": 200_000, "seeds": (0, 1, 2), "eval_interval"
 """P4's first step: clean QMIX on 3m (with :data:`FIG1_SETS`), long enough to see when it
 reaches :data:`P4_WIN_RATE` (measured with 2 seeds: 30k to 60k steps; 0.75 at 200k)."""
 FIG1_SETS = ("env.normalise_state=True",)
-"""Settings of every Fig. 1 (QMIX) run on a SMAX map: the SMAX world state scaled as SMAC scales its state
-(``normalise_state``, :meth:`tram.envs.smax.SmaxEnv.normalised_world_state`). With
-JaxMARL's raw world state (positions up to 32) QMIX does not learn 3m: TD loss 2.9
-to 14.6 and test win rate 0.0 after 730k steps, against TD loss < 0.02 and a win rate of 0.56 at
-30k steps with it (``docs/learners.md``, "QMIX on SMAX")."""
+"""Settings of every Fig. 1 (QMIX) run on a SMAX map: the SMAX world state scaled as SMAC
+scales its state (``normalise_state``, :meth:`tram.envs.smax.SmaxEnv.normalised_world_state`).
+With JaxMARL's raw world state (positions up to 32) QMIX does not learn 3m: TD loss 2.9 to
+14.6 and test win rate 0.0 after 730k steps, against TD loss < 0.02 and a win rate of 0.56
+at 30k steps with it (``docs/learners.md``, "QMIX on SMAX")."""
 P4_WIN_RATE = 0.6
 
 
@@ -637,13 +637,11 @@ def fig1_configs(env: str, steps: int, seeds: tuple[int, ...], attack_start: int
     (:func:`tram.experiments.runner.train`, ``keep_branch_point``). ``sets`` are
     ``section.field=value`` overrides for all three, applied after :data:`FIG1_SETS` (SMAX
     maps only; the grid tasks have no state option)."""
-    from tram.config import build_train_config
+    from tram.config import build_train_config, env_spec
 
     if not 0 < attack_start < steps:
         fail(f"--attack-start {attack_start:,} is not accepted; accepted: a step between 0 and --steps ({steps:,}), "
              f"exclusive, so that the attack starts during the run")
-    from tram.config import env_spec
-
     smax = env_spec(env).family == "smax"
     run = dict(steps=steps, seeds=seeds, eval_interval=max(steps // 100, 1000),
                sets=(list(FIG1_SETS) if smax else []) + list(sets))

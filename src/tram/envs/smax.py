@@ -423,11 +423,12 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown SMAX option(s) {', '.join(unknown)}; accepted: {', '.join(OPTIONS)}")
     out: dict[str, Any] = {}
-    if "enemy_shoots" in options:
-        v = options["enemy_shoots"]
-        if not isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"SMAX option enemy_shoots must be a bool (True or False), got {v!r}")
-        out["enemy_shoots"] = bool(v)
+    for name in ("enemy_shoots", "normalise_state"):
+        if name in options:
+            v = options[name]
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"SMAX option {name} must be a bool (True or False), got {v!r}")
+            out[name] = bool(v)
     if "attack_mode" in options:
         v = options["attack_mode"]
         if v not in ATTACK_MODES or not isinstance(v, str):
@@ -440,11 +441,6 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, Integral) or v < 1:
             raise ValueError(f"SMAX option max_steps must be an int >= 1, got {v!r}")
         out["max_steps"] = int(v)
-    if "normalise_state" in options:
-        v = options["normalise_state"]
-        if not isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"SMAX option normalise_state must be a bool (True or False), got {v!r}")
-        out["normalise_state"] = bool(v)
     return out
 
 
